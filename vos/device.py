@@ -1,0 +1,154 @@
+"""Device and dtype choice, autocast, peak-memory probes and out-of-memory detection."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class DeviceUnavailable(RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu. An explicit device that is missing raises DeviceUnavailable."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("CUDA was requested but no CUDA GPU is visible here; use --device cpu or auto.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceUnavailable("MPS was requested but is not available here; use --device cpu or auto.")
+    return device
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype for autocast. Default fp32 everywhere: methods' specs are defined in fp32."""
+    if name is None:
+        return torch.float32
+    try:
+        dtype = DTYPES[name]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {name!r}; choose one of {', '.join(DTYPES)}.") from None
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("fp16 is not supported on the CPU; use bf16 or fp32.")
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast for reduced precision, a no-op for fp32. Open it per frame, never around a ``yield``."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for CUDA/MPS out-of-memory errors and for host allocation failures."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in text or "DefaultCPUAllocator: can't allocate memory" in text
+    )
+
+
+def free_memory(device: torch.device | None = None) -> None:
+    gc.collect()
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        torch.cuda.empty_cache()
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    if device.type == "mps":
+        return "Apple MPS"
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory during a probe, in bytes. ``kind`` says what was measured."""
+
+    kind: str  # "cuda_allocated" or "cpu_rss"
+    peak_bytes: int = 0
+    reserved_bytes: int | None = None  # CUDA only
+    baseline_bytes: int = 0
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+class _RssSampler(threading.Thread):
+    """Samples this process's resident set size; the peak is what a CPU run really cost."""
+
+    def __init__(self, interval: float = 0.02):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+        return self.peak
+
+
+@contextlib.contextmanager
+def memory_probe(device: torch.device) -> Iterator[PeakMemory]:
+    """Measure peak memory inside the block.
+
+    CUDA: ``max_memory_allocated`` after a reset (and the reserved peak). CPU/MPS: the process's peak resident set
+    sampled every 20 ms. The result is filled in when the block exits (also on error).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = PeakMemory("cuda_allocated", baseline_bytes=torch.cuda.memory_allocated(device))
+        try:
+            yield result
+        finally:
+            torch.cuda.synchronize(device)
+            result.peak_bytes = torch.cuda.max_memory_allocated(device)
+            result.reserved_bytes = torch.cuda.max_memory_reserved(device)
+        return
+    sampler = _RssSampler()
+    result = PeakMemory("cpu_rss", baseline_bytes=sampler.peak)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        result.peak_bytes = sampler.stop()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

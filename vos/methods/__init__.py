@@ -1,0 +1,41 @@
+"""VOS methods behind one interface: ``available()``, ``create(key, ...)``, ``Method.segment(clip, mask)``."""
+
+from vos.methods.base import (
+    SEMI,
+    UNSUP,
+    Method,
+    MethodInfo,
+    Option,
+    OptionError,
+    Paper,
+    PromptError,
+    Reported,
+    UnknownMethod,
+    available,
+    create,
+    get_info,
+    keys,
+    method_class,
+    register,
+    unregister,
+)
+
+__all__ = [
+    "SEMI",
+    "UNSUP",
+    "Method",
+    "MethodInfo",
+    "Option",
+    "OptionError",
+    "Paper",
+    "PromptError",
+    "Reported",
+    "UnknownMethod",
+    "available",
+    "create",
+    "get_info",
+    "keys",
+    "method_class",
+    "register",
+    "unregister",
+]

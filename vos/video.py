@@ -1,0 +1,503 @@
+"""Clips in, MP4s out.
+
+A ``Clip`` is a video file (decoded with PyAV), a folder or a zip of JPG/PNG frames (natural sort), or frames
+held in memory. Frames are decoded lazily, one at a time. Limits on the long side, the number of frames and the
+duration are applied when the clip is opened, and what was changed is reported in ``clip.notes``.
+
+Two sizes matter: ``clip.size`` is the clip's size after the upload limits, the size every result is returned
+at; ``clip.work_size`` is what ``clip.frames()`` yields, smaller when a run asks for a lower working resolution
+(``clip.with_max_side``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+import av
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".ogv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DEFAULT_FPS = 24.0  # DAVIS and YouTube-VOS frames carry no rate; 24 is DAVIS's
+
+
+class VideoError(ValueError):
+    """A clip that cannot be used. The message names the file and the reason and is meant for the user."""
+
+    def __init__(self, path: str | Path | None, reason: str):
+        self.path = Path(path) if path is not None else None
+        self.reason = reason
+        where = f"{self.path.name}: " if self.path is not None else ""
+        super().__init__(f"{where}{reason}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upload limits. None means no limit."""
+
+    max_side: int | None = None
+    max_frames: int | None = None
+    max_seconds: float | None = None
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts frame2.png before frame10.png."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(H, W) scaled down so the long side is at most ``max_side``, keeping the aspect ratio."""
+    h, w = size
+    if max_side is None or max(h, w) <= max_side:
+        return size
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB frame to (H, W); area averaging when shrinking, bilinear when growing."""
+    if frame.shape[:2] == tuple(size):
+        return frame
+    shrinking = size[0] * size[1] < frame.shape[0] * frame.shape[1]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(frame, (size[1], size[0]), interpolation=interp)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Frame sources: where native frames come from
+
+
+class FrameSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def iter_frames(self, count: int) -> Iterator[np.ndarray]: ...
+
+    def read(self, index: int) -> np.ndarray: ...
+
+
+class _ArraySource:
+    def __init__(self, frames: Sequence[np.ndarray]):
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def iter_frames(self, count: int) -> Iterator[np.ndarray]:
+        for i in range(count):
+            yield self.frames[i]
+
+    def read(self, index: int) -> np.ndarray:
+        return self.frames[index]
+
+
+class _ImageListSource:
+    """Frames stored as image files, in a folder or in a zip (read member by member, never extracted)."""
+
+    def __init__(self, path: Path, names: list[str], zip_path: Path | None):
+        self.path = path
+        self.names = names
+        self.zip_path = zip_path
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _bytes(self, name: str, archive: zipfile.ZipFile | None) -> bytes:
+        if archive is not None:
+            return archive.read(name)
+        return (self.path / name).read_bytes()
+
+    def _decode(self, name: str, data: bytes) -> np.ndarray:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return np.asarray(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise VideoError(self.path, f"frame {name!r} is not a readable image ({err}).") from None
+
+    def iter_frames(self, count: int) -> Iterator[np.ndarray]:
+        archive = zipfile.ZipFile(self.zip_path) if self.zip_path else None
+        try:
+            for name in self.names[:count]:
+                yield self._decode(name, self._bytes(name, archive))
+        finally:
+            if archive is not None:
+                archive.close()
+
+    def read(self, index: int) -> np.ndarray:
+        archive = zipfile.ZipFile(self.zip_path) if self.zip_path else None
+        try:
+            name = self.names[index]
+            return self._decode(name, self._bytes(name, archive))
+        finally:
+            if archive is not None:
+                archive.close()
+
+
+class _VideoFileSource:
+    """A video file decoded sequentially with PyAV (seeking is not frame-exact in every container)."""
+
+    def __init__(self, path: Path, num_frames: int):
+        self.path = path
+        self.num_frames = num_frames
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def iter_frames(self, count: int) -> Iterator[np.ndarray]:
+        produced = 0
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    yield frame.to_ndarray(format="rgb24")
+                    produced += 1
+                    if produced >= count:
+                        return
+        except av.FFmpegError as err:
+            raise VideoError(self.path, f"decoding failed at frame {produced} ({err}).") from None
+        if produced < count:
+            raise VideoError(self.path, f"the video ended after {produced} frames, {count} were expected.")
+
+    def read(self, index: int) -> np.ndarray:
+        frame = None
+        for frame in self.iter_frames(index + 1):
+            pass
+        assert frame is not None
+        return frame
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The clip
+
+
+class Clip:
+    """A video clip: lazily decoded frames, an fps, an output size and a working size.
+
+    Build one with ``open_clip(path)`` or ``Clip.from_frames(frames)``.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        *,
+        name: str,
+        fps: float,
+        native_size: tuple[int, int],
+        num_frames: int,
+        size: tuple[int, int] | None = None,
+        work_size: tuple[int, int] | None = None,
+        path: Path | None = None,
+        notes: Sequence[str] = (),
+    ):
+        self._source = source
+        self.name = name
+        self.fps = float(fps)
+        self.native_size = tuple(native_size)
+        self.num_frames = int(num_frames)
+        self.size: tuple[int, int] = tuple(size or native_size)
+        self.work_size: tuple[int, int] = tuple(work_size or self.size)
+        self.path = path
+        self.notes: list[str] = list(notes)
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[np.ndarray], *, fps: float = DEFAULT_FPS, name: str = "clip") -> Clip:
+        """A clip over frames already in memory (uint8 RGB, all the same size)."""
+        if len(frames) == 0:
+            raise VideoError(None, "a clip needs at least one frame.")
+        first = np.asarray(frames[0])
+        for i, frame in enumerate(frames):
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape != first.shape or frame.shape[2] != 3:
+                raise VideoError(None, f"frame {i} must be uint8 RGB of shape {first.shape}, got {frame.shape}.")
+        return cls(_ArraySource(frames), name=name, fps=fps, native_size=first.shape[:2], num_frames=len(frames))
+
+    # ---- sizes
+    @property
+    def height(self) -> int:
+        return self.size[0]
+
+    @property
+    def width(self) -> int:
+        return self.size[1]
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __repr__(self) -> str:
+        return (
+            f"Clip({self.name!r}, {self.num_frames} frames, {self.size[1]}x{self.size[0]}"
+            + (f", working at {self.work_size[1]}x{self.work_size[0]}" if self.work_size != self.size else "")
+            + f", {self.fps:g} fps)"
+        )
+
+    def with_max_side(self, max_side: int | None) -> Clip:
+        """The same clip with frames yielded at most ``max_side`` on the long side; results stay at ``size``."""
+        work = fit_within(self.size, max_side)
+        notes = list(self.notes)
+        if work != self.size:
+            notes.append(f"Methods ran at {work[1]}x{work[0]}; results were resized to {self.size[1]}x{self.size[0]}.")
+        return Clip(
+            self._source,
+            name=self.name,
+            fps=self.fps,
+            native_size=self.native_size,
+            num_frames=self.num_frames,
+            size=self.size,
+            work_size=work,
+            path=self.path,
+            notes=notes,
+        )
+
+    def with_frames(self, count: int) -> Clip:
+        """The first ``count`` frames of this clip (benchmarks sweep clip length with it)."""
+        count = max(1, min(count, self.num_frames))
+        return Clip(
+            self._source,
+            name=self.name,
+            fps=self.fps,
+            native_size=self.native_size,
+            num_frames=count,
+            size=self.size,
+            work_size=self.work_size,
+            path=self.path,
+            notes=self.notes,
+        )
+
+    # ---- frames
+    def frames(self) -> Iterator[np.ndarray]:
+        """Every frame at ``work_size`` (uint8 RGB), decoded one at a time."""
+        for frame in self._source.iter_frames(self.num_frames):
+            yield resize_frame(self._checked(frame), self.work_size)
+
+    def output_frames(self) -> Iterator[np.ndarray]:
+        """Every frame at ``size``, the size results are returned at (for overlays and videos)."""
+        for frame in self._source.iter_frames(self.num_frames):
+            yield resize_frame(self._checked(frame), self.size)
+
+    def frame(self, index: int, *, output_size: bool = False) -> np.ndarray:
+        if not 0 <= index < self.num_frames:
+            raise IndexError(f"frame {index} is outside this {self.num_frames}-frame clip")
+        frame = self._checked(self._source.read(index))
+        return resize_frame(frame, self.size if output_size else self.work_size)
+
+    def first_frame(self) -> np.ndarray:
+        """Frame 0 at the output size: the frame prompts are drawn on."""
+        return self.frame(0, output_size=True)
+
+    def _checked(self, frame: np.ndarray) -> np.ndarray:
+        if frame.shape[:2] != self.native_size:
+            raise VideoError(
+                self.path,
+                f"frames change size: {frame.shape[1]}x{frame.shape[0]} after {self.native_size[1]}x"
+                f"{self.native_size[0]}; all frames of a clip must have the same size.",
+            )
+        return frame
+
+    def info(self) -> dict:
+        """A JSON-able description (run.json)."""
+        return {
+            "name": self.name,
+            "source": str(self.path) if self.path else None,
+            "fps": self.fps,
+            "num_frames": self.num_frames,
+            "native_size": list(self.native_size),
+            "size": list(self.size),
+            "work_size": list(self.work_size),
+            "notes": self.notes,
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Opening
+
+
+def open_clip(path: str | Path, limits: Limits = Limits(), *, fps: float | None = None) -> Clip:
+    """Open a video file, a folder of frames or a zip of frames, applying ``limits``.
+
+    ``fps`` overrides the rate (frame folders and zips have none; they default to 24).
+    Raises VideoError with a message for the user when the input cannot be used.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(path, "file not found.")
+    if path.is_dir():
+        names = sorted(
+            (p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), key=natural_key
+        )
+        if not names:
+            raise VideoError(path, f"the folder holds no {'/'.join(IMAGE_EXTENSIONS)} frames.")
+        source: FrameSource = _ImageListSource(path, names, None)
+        rate = fps or DEFAULT_FPS
+    elif path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
+        source = _ImageListSource(path, _zip_frame_names(path), path)
+        rate = fps or DEFAULT_FPS
+    else:
+        source, rate = _probe_video(path, limits)
+        rate = fps or rate
+    return _apply_limits(source, path, rate, limits)
+
+
+def _zip_frame_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, OSError) as err:
+        raise VideoError(path, f"not a readable zip archive ({err}).") from None
+    names = []
+    for member in members:
+        pure = PurePosixPath(member.filename.replace("\\", "/"))
+        if pure.is_absolute() or ".." in pure.parts:
+            raise VideoError(path, f"the zip holds a path that escapes its folder: {member.filename!r}.")
+        if pure.name.startswith(".") or "__MACOSX" in pure.parts:
+            continue
+        if pure.suffix.lower() in IMAGE_EXTENSIONS:
+            names.append(member.filename)
+    if not names:
+        raise VideoError(path, f"the zip holds no {'/'.join(IMAGE_EXTENSIONS)} frames.")
+    folders = {str(PurePosixPath(n).parent) for n in names}
+    if len(folders) > 1:
+        raise VideoError(
+            path, f"the zip holds frames in {len(folders)} folders ({', '.join(sorted(folders)[:3])}...); "
+            "put one clip's frames in one folder."
+        )
+    return sorted(names, key=natural_key)
+
+
+def _probe_video(path: Path, limits: Limits) -> tuple[FrameSource, float]:
+    """Open, validate and count a video file: decodes up to the frame limit so that a truncated or corrupt file
+    fails here, with a clear message, and not halfway through a run."""
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise VideoError(path, f"not a decodable video ({_reason(err)}).") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(path, "the file has no video stream.")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate or Fraction(DEFAULT_FPS)
+        rate = float(rate) if float(rate) > 0 else DEFAULT_FPS
+        cap = _frame_cap(limits, rate)
+        count = 0
+        try:
+            for _ in container.decode(stream):
+                count += 1
+                if cap is not None and count >= cap + 1:  # one more than kept, so truncation is reported
+                    break
+        except av.FFmpegError as err:
+            if count == 0:
+                raise VideoError(path, f"not a decodable video ({_reason(err)}).") from None
+            log.warning("%s: decoding stopped after %d frames (%s); using those", path.name, count, _reason(err))
+    if count == 0:
+        raise VideoError(path, "the video holds no decodable frames.")
+    return _VideoFileSource(path, count), rate
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err)
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", text).split(": '")[0] or type(err).__name__
+
+
+def _frame_cap(limits: Limits, fps: float) -> int | None:
+    caps = []
+    if limits.max_frames is not None:
+        caps.append(limits.max_frames)
+    if limits.max_seconds is not None:
+        caps.append(max(1, math.floor(limits.max_seconds * fps + 1e-6)))
+    return min(caps) if caps else None
+
+
+def _apply_limits(source: FrameSource, path: Path, fps: float, limits: Limits) -> Clip:
+    first = source.read(0)
+    native = first.shape[:2]
+    notes = []
+    total = len(source)
+    cap = _frame_cap(limits, fps)
+    kept = total if cap is None else min(total, cap)
+    if kept < total:
+        why = []
+        if limits.max_frames is not None and kept == limits.max_frames:
+            why.append(f"the {limits.max_frames}-frame limit")
+        if limits.max_seconds is not None and kept < (limits.max_frames or total + 1):
+            why.append(f"the {limits.max_seconds:g}-second limit")
+        of_total = "" if isinstance(source, _VideoFileSource) else f" of {total}"  # a video is decoded only up to the cap
+        notes.append(f"Kept the first {kept}{of_total} frames ({' and '.join(why)}).")
+    size = fit_within(native, limits.max_side)
+    if size != native:
+        notes.append(
+            f"Downscaled from {native[1]}x{native[0]} to {size[1]}x{size[0]} (long side limit {limits.max_side} px)."
+        )
+    for note in notes:
+        log.info("%s: %s", path.name, note)
+    if isinstance(source, _VideoFileSource):
+        source = _VideoFileSource(path, kept)
+    return Clip(source, name=path.stem, fps=fps, native_size=native, num_frames=kept, size=size, path=path, notes=notes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def even_pad(frame: np.ndarray) -> np.ndarray:
+    """Pad the bottom/right edge by one pixel where needed: yuv420p needs even dimensions."""
+    h, w = frame.shape[:2]
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frame
+
+
+def write_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: float = DEFAULT_FPS, *, crf: int = 20) -> Path:
+    """Encode RGB frames to an H.264 (yuv420p, +faststart) MP4 that browsers play.
+
+    Written to a temporary name and renamed at the end, so a failure never leaves a file that looks complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=f".{path.stem}-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(int(DEFAULT_FPS))
+    written = 0
+    try:
+        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = None
+            for frame in frames:
+                frame = even_pad(np.ascontiguousarray(frame, dtype=np.uint8))
+                if stream is None:
+                    stream = container.add_stream("libx264", rate=rate)
+                    stream.height, stream.width = frame.shape[:2]
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf), "preset": "veryfast"}
+                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                for packet in stream.encode(video_frame):
+                    container.mux(packet)
+                written += 1
+            if stream is None:
+                raise ValueError("no frames to encode")
+            for packet in stream.encode():
+                container.mux(packet)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.debug("wrote %s (%d frames)", path, written)
+    return path
