@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vos.errors import VosError
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".ogv")
@@ -36,7 +38,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DEFAULT_FPS = 24.0  # DAVIS and YouTube-VOS frames carry no rate; 24 is DAVIS's
 
 
-class VideoError(ValueError):
+class VideoError(VosError, ValueError):
     """A clip that cannot be used. The message names the file and the reason and is meant for the user."""
 
     def __init__(self, path: str | Path | None, reason: str):
@@ -174,11 +176,8 @@ class _VideoFileSource:
             raise VideoError(self.path, f"the video ended after {produced} frames, {count} were expected.")
 
     def read(self, index: int) -> np.ndarray:
-        frame = None
-        for frame in self.iter_frames(index + 1):
-            pass
-        assert frame is not None
-        return frame
+        *_, last = self.iter_frames(index + 1)
+        return last
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -340,7 +339,8 @@ def open_clip(path: str | Path, limits: Limits = Limits(), *, fps: float | None 
         raise VideoError(path, "file not found.")
     if path.is_dir():
         names = sorted(
-            (p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), key=natural_key
+            (p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+            key=natural_key,
         )
         if not names:
             raise VideoError(path, f"the folder holds no {'/'.join(IMAGE_EXTENSIONS)} frames.")
@@ -375,8 +375,9 @@ def _zip_frame_names(path: Path) -> list[str]:
     folders = {str(PurePosixPath(n).parent) for n in names}
     if len(folders) > 1:
         raise VideoError(
-            path, f"the zip holds frames in {len(folders)} folders ({', '.join(sorted(folders)[:3])}...); "
-            "put one clip's frames in one folder."
+            path,
+            f"the zip holds frames in {len(folders)} folders ({', '.join(sorted(folders)[:3])}...); "
+            "put one clip's frames in one folder.",
         )
     return sorted(names, key=natural_key)
 
@@ -438,7 +439,9 @@ def _apply_limits(source: FrameSource, path: Path, fps: float, limits: Limits) -
             why.append(f"the {limits.max_frames}-frame limit")
         if limits.max_seconds is not None and kept < (limits.max_frames or total + 1):
             why.append(f"the {limits.max_seconds:g}-second limit")
-        of_total = "" if isinstance(source, _VideoFileSource) else f" of {total}"  # a video is decoded only up to the cap
+        of_total = (
+            "" if isinstance(source, _VideoFileSource) else f" of {total}"
+        )  # a video is decoded only up to the cap
         notes.append(f"Kept the first {kept}{of_total} frames ({' and '.join(why)}).")
     size = fit_within(native, limits.max_side)
     if size != native:
@@ -449,7 +452,16 @@ def _apply_limits(source: FrameSource, path: Path, fps: float, limits: Limits) -
         log.info("%s: %s", path.name, note)
     if isinstance(source, _VideoFileSource):
         source = _VideoFileSource(path, kept)
-    return Clip(source, name=path.stem, fps=fps, native_size=native, num_frames=kept, size=size, path=path, notes=notes)
+    return Clip(
+        source,
+        name=path.stem,
+        fps=fps,
+        native_size=native,
+        num_frames=kept,
+        size=size,
+        path=path,
+        notes=notes,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

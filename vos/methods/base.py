@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from vos.errors import VosError
+
 if TYPE_CHECKING:
     import torch
 
@@ -36,7 +38,7 @@ ProgressCallback = Callable[[int, int], None]
 # Errors
 
 
-class UnknownMethod(KeyError):
+class UnknownMethod(VosError, KeyError):
     """A method key that is not registered; the message suggests the closest one."""
 
     def __init__(self, key: str, known: list[str]):
@@ -50,11 +52,11 @@ class UnknownMethod(KeyError):
         return self.args[0]
 
 
-class OptionError(ValueError):
+class OptionError(VosError, ValueError):
     """An unknown option name, an unknown variant, or a value that does not parse; lists what is valid."""
 
 
-class PromptError(ValueError):
+class PromptError(VosError, ValueError):
     """The first-frame label map does not fit the clip (shape, dtype, empty)."""
 
 
@@ -101,9 +103,13 @@ class Option:
 
 
 def _type_label(kind: type) -> str:
-    return {int: "an integer", float: "a number", bool: "true/false", str: "text", tuple: "a size like 320x480"}[
-        kind
-    ]
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true/false",
+        str: "text",
+        tuple: "a size like 320x480",
+    }[kind]
 
 
 def _parse_typed(kind: type, value: Any) -> Any:
@@ -238,9 +244,7 @@ class Method(ABC):
         """Create the networks on ``self.device`` and load their weights (``self.load_part``)."""
 
     @abstractmethod
-    def _segment(
-        self, clip: Clip, first_mask: np.ndarray, progress: ProgressCallback | None
-    ) -> Iterator[np.ndarray]:
+    def _segment(self, clip: Clip, first_mask: np.ndarray, progress: ProgressCallback | None) -> Iterator[np.ndarray]:
         """Yield one uint8 label map of shape ``clip.size`` per frame, frame 0 included."""
 
     def load_part(self, part: str, module: torch.nn.Module) -> None:
