@@ -1,0 +1,151 @@
+"""Command line: ``python -m vos {run, eval, bench, weights, methods, present}``.
+
+Each subcommand's work lives in the module that owns it (``runner``, ``metrics``, ``bench``, ``weights``,
+``present``); this file only parses arguments. Errors meant for the user (``VosError``) are printed as one line
+and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from vos.errors import VosError
+
+log = logging.getLogger("vos")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run methods on a clip and write a run bundle",
+        description="Run several methods on one clip, one after another, and write RUN_DIR/run.json, "
+        "RUN_DIR/masks/<method>/<frame>.png (palette PNGs) and RUN_DIR/side_by_side.mp4.",
+    )
+    p.add_argument("clip", nargs="?", help="video file (mp4, webm, avi, mov, mkv) or a folder / zip of frames")
+    p.add_argument("--prompt", help="first-frame mask: a DAVIS palette PNG (index = object id)")
+    p.add_argument("--methods", default="all", help="'all' or a comma-separated list of method keys")
+    p.add_argument(
+        "--variant", action="append", default=[], metavar="KEY=VARIANT", help="choose a variant, e.g. tvos=davis_train"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="compute precision (default fp32)")
+    p.add_argument(
+        "--weights",
+        default="hub",
+        help="hub (default), random, a safetensors or official checkpoint file, a folder of them, or hf://OWNER/REPO",
+    )
+    p.add_argument(
+        "--opt", action="append", default=[], metavar="KEY.NAME=VALUE", help="a method option, e.g. tvos.temperature=1"
+    )
+    p.add_argument("--max-side", type=int, default=None, help="run the methods at most this many pixels on the long side")
+    p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
+    p.add_argument("--max-seconds", type=float, default=None, help="use at most this many seconds of video")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder / zip (default 24)")
+    p.add_argument("--gt", default=None, help="ground-truth masks (folder or zip of palette PNGs) to score J&F")
+    p.add_argument("--no-video", action="store_true", help="skip the side-by-side MP4")
+    p.add_argument("--from", dest="from_run", default=None, metavar="RUN_JSON", help="repeat the run a run.json records")
+    p.add_argument("--out", default=None, help="the run bundle's folder (created; must be empty if it exists)")
+    p.set_defaults(module="vos.runner", function="command_run")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score predicted masks against ground truth (DAVIS-2017 J&F)",
+        description="DIR is one sequence (palette PNGs, matched by file name) or a DAVIS-style results root with one "
+        "folder per sequence.",
+    )
+    p.add_argument("--pred", required=True, help="predicted masks")
+    p.add_argument("--gt", required=True, help="ground-truth masks")
+    p.add_argument("--task", default="semi", choices=["semi", "unsup"], help="evaluation protocol")
+    p.add_argument("--json", default=None, help="also write the results as JSON (DAVIS column names)")
+    p.set_defaults(module="vos.metrics", function="command_eval")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure peak memory and speed versus resolution")
+    p.add_argument("--methods", default="all")
+    p.add_argument("--resolutions", default="240,360,480,720,1080", help="short sides in pixels, comma-separated")
+    p.add_argument("--frames", type=int, default=8, help="clip length")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--weights", default="random")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per point")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY.NAME=VALUE")
+    p.add_argument("--out", required=False, default=None, help="results JSON file")
+    p.set_defaults(module="vos.bench", function="command_bench")
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="list, fetch, convert and publish checkpoints")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{list,fetch,convert,push}")
+    actions.add_parser("list", help="every checkpoint, where it would come from, whether it is cached")
+    fetch = actions.add_parser("fetch", help="download (and convert) checkpoints into the cache")
+    fetch.add_argument("what", nargs="*", default=["all"], help="METHOD[:VARIANT], a file id, or all")
+    convert = actions.add_parser("convert", help="convert an official release file to safetensors")
+    convert.add_argument("what", help="METHOD[:VARIANT] or a file id from the manifest")
+    convert.add_argument("file", help="the official file as the authors publish it")
+    convert.add_argument("--out", default=None, help="where to write the safetensors (default: the cache)")
+    push = actions.add_parser("push", help="upload converted files to a Hugging Face Hub repo with a model card")
+    push.add_argument("--repo", required=True, help="OWNER/NAME")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("what", nargs="*", default=["all"])
+    p.set_defaults(module="vos.weights", function="command_weights")
+
+
+def _add_methods(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("methods", help="list every method with its variants and options")
+    p.add_argument("key", nargs="?", help="show one method in full")
+    p.set_defaults(module="vos.runner", function="command_methods")
+
+
+def _add_present(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("present", help="show a saved run bundle in a Streamlit presenter (no GPU needed)")
+    p.add_argument("run_dir", help="a folder written by `python -m vos run`, or a folder of such folders")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(module="vos.present", function="command_present")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vos", description="Run, compare, score and benchmark video object segmentation methods."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,eval,bench,weights,methods,present}")
+    for add in (_add_run, _add_eval, _add_bench, _add_weights, _add_methods, _add_present):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        try:
+            command = getattr(importlib.import_module(args.module), args.function, None)
+        except ModuleNotFoundError as err:
+            if err.name != args.module:
+                raise
+            command = None
+        if command is None:
+            print(f"`python -m vos {args.command}` is not yet available.", file=sys.stderr)
+            return 2
+        return int(command(args) or 0)
+    except VosError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
