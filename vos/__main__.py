@@ -41,13 +41,17 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--opt", action="append", default=[], metavar="KEY.NAME=VALUE", help="a method option, e.g. tvos.temperature=1"
     )
-    p.add_argument("--max-side", type=int, default=None, help="run the methods at most this many pixels on the long side")
+    p.add_argument(
+        "--max-side", type=int, default=None, help="run the methods at most this many pixels on the long side"
+    )
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     p.add_argument("--max-seconds", type=float, default=None, help="use at most this many seconds of video")
     p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder / zip (default 24)")
     p.add_argument("--gt", default=None, help="ground-truth masks (folder or zip of palette PNGs) to score J&F")
     p.add_argument("--no-video", action="store_true", help="skip the side-by-side MP4")
-    p.add_argument("--from", dest="from_run", default=None, metavar="RUN_JSON", help="repeat the run a run.json records")
+    p.add_argument(
+        "--from", dest="from_run", default=None, metavar="RUN_JSON", help="repeat the run a run.json records"
+    )
     p.add_argument("--out", default=None, help="the run bundle's folder (created; must be empty if it exists)")
     p.set_defaults(module="vos.runner", function="command_run")
 

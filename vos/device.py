@@ -108,15 +108,15 @@ class _RssSampler(threading.Thread):
         self.interval = interval
         self.process = psutil.Process()
         self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(self.interval)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join()
         self.peak = max(self.peak, self.process.memory_info().rss)
         return self.peak

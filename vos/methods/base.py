@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import os
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -330,8 +331,12 @@ def unregister(key: str) -> None:
     _REGISTRY.pop(key, None)
 
 
+PLUGINS_ENV = "VOS_PLUGINS"
+
+
 def _load_builtins() -> None:
-    """Import every module of this package once; each method module registers its class."""
+    """Import every module of this package once (each method module registers its class), then the modules named
+    in $VOS_PLUGINS (comma-separated), so methods living outside the package also reach subprocesses."""
     global _builtins_loaded
     if _builtins_loaded:
         return
@@ -340,9 +345,11 @@ def _load_builtins() -> None:
     for module in pkgutil.iter_modules(package.__path__):
         if module.name != "base" and not module.name.startswith("_"):
             importlib.import_module(f"vos.methods.{module.name}")
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        importlib.import_module(name)
 
 
-def keys() -> list[str]:
+def list_keys() -> list[str]:
     """Registered method keys, builtins in the product's order first."""
     _load_builtins()
     rank = {key: i for i, key in enumerate(DISPLAY_ORDER)}
@@ -351,7 +358,7 @@ def keys() -> list[str]:
 
 def available() -> list[MethodInfo]:
     """Every registered method's info."""
-    return [_REGISTRY[key].info for key in keys()]
+    return [_REGISTRY[key].info for key in list_keys()]
 
 
 def method_class(key: str) -> type[Method]:

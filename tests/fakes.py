@@ -1,0 +1,122 @@
+"""Test-only methods: small, deterministic, and each misbehaving in one known way.
+
+Importing this module registers them (keys start with ``fake_``); set VOS_PLUGINS=tests.fakes to make a
+subprocess (the benchmark's points) see them too.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from vos.methods import SEMI, UNSUP, Method, MethodInfo, Option, Paper, register
+
+PAPER = Paper(title="A test double", authors="vos-compare tests", venue="tests", year=2026, url="https://example.org")
+
+
+def _info(key: str, task: str = SEMI, **kwargs) -> MethodInfo:
+    defaults = dict(
+        key=key,
+        title=key.replace("_", " ").title(),
+        task=task,
+        summary="Test-only method.",
+        variants=("default", "other"),
+        default_variant="default",
+        paper=PAPER,
+        repo="https://example.org/repo",
+        licence="MIT",
+    )
+    defaults.update(kwargs)
+    return MethodInfo(**defaults)
+
+
+@register
+class CopyFirstMask(Method):
+    """Repeats the first mask, shifted right by ``shift`` pixels per frame; ``delay`` seconds per frame."""
+
+    info = _info(
+        "fake_copy",
+        options=(
+            Option("shift", int, 0, "pixels to move the mask right per frame"),
+            Option("delay", float, 0.0, "seconds to sleep per frame"),
+            Option("size", tuple, (32, 48), "a size option, for parsing tests"),
+            Option("mode", str, "fast", "a choice option", choices=("fast", "exact"), paper="exact"),
+        ),
+    )
+
+    def _build(self) -> None:
+        self.net = torch.nn.Linear(2, 2).to(self.device)
+
+    def _segment(self, clip, first_mask, progress):
+        for index, _frame in enumerate(clip.frames()):
+            time.sleep(self.options["delay"])
+            yield np.roll(first_mask, self.options["shift"] * index, axis=1)
+            if progress:
+                progress(index + 1, clip.num_frames)
+
+
+@register
+class FailsAtFrame(Method):
+    """Raises a plain bug-like error at frame ``at``."""
+
+    info = _info("fake_fail", options=(Option("at", int, 1, "frame index that fails"),))
+
+    def _build(self) -> None:
+        pass
+
+    def _segment(self, clip, first_mask, progress):
+        for index, _frame in enumerate(clip.frames()):
+            if index == self.options["at"]:
+                raise RuntimeError("synthetic failure")
+            yield first_mask
+
+
+@register
+class RunsOutOfMemory(Method):
+    """Raises torch.OutOfMemoryError on the second frame, as a GPU would."""
+
+    info = _info("fake_oom")
+
+    def _build(self) -> None:
+        pass
+
+    def _segment(self, clip, first_mask, progress):
+        yield first_mask
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+@register
+class Allocates(Method):
+    """Holds ``mib`` MiB of host memory while it runs, so peak-memory probes have something to see."""
+
+    info = _info("fake_alloc", options=(Option("mib", int, 200, "MiB to allocate"),))
+
+    def _build(self) -> None:
+        pass
+
+    def _segment(self, clip, first_mask, progress):
+        block = np.ones(self.options["mib"] * 2**20, np.uint8)  # ones, so the pages are really touched
+        for _frame in clip.frames():
+            yield first_mask
+        del block
+
+
+@register
+class ShuffledSegments(Method):
+    """Unsupervised double: returns the first mask's objects under other ids, plus one extra corner segment."""
+
+    info = _info("fake_unsup", task=UNSUP)
+
+    def _build(self) -> None:
+        pass
+
+    def _segment(self, clip, first_mask, progress):
+        ids = [int(i) for i in np.unique(first_mask) if i]
+        segments = np.zeros_like(first_mask)
+        for rank, obj in enumerate(ids):
+            segments[first_mask == obj] = 10 + len(ids) - rank  # reversed order, far-away ids
+        segments[:2, :2] = 3
+        for _frame in clip.frames():
+            yield segments

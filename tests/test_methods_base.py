@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tests.fakes  # noqa: F401 -- registers the test-only methods
+from vos import device as vdevice
+from vos import methods
+from vos.methods.base import Option, OptionError, PromptError, UnknownMethod, check_first_mask
+from vos.video import Clip
+
+
+def test_registry_lists_and_creates():
+    assert "fake_copy" in methods.list_keys()
+    info = methods.get_info("fake_copy")
+    assert info.default_variant == "default"
+    method = methods.create("fake_copy", device="cpu", weights="random", shift=2)
+    assert method.variant == "default"
+    assert method.options["shift"] == 2 and method.options["delay"] == 0.0
+    config = method.config()
+    assert config["options"]["size"] == [32, 48]
+    assert config["device"] == "cpu"
+
+
+def test_builtin_methods_come_first_in_product_order():
+    keys = methods.list_keys()
+    builtin = [k for k in keys if not k.startswith("fake_")]
+    order = [k for k in ("mixture", "simvos", "tvos", "ba", "abr") if k in builtin]
+    assert builtin[: len(order)] == order
+    assert keys.index("fake_copy") > max((keys.index(k) for k in order), default=-1)
+
+
+def test_unknown_method_suggests():
+    with pytest.raises(UnknownMethod, match="Did you mean 'fake_copy'"):
+        methods.create("fake_cpy")
+    with pytest.raises(KeyError):  # also catchable as the builtin it resembles
+        methods.get_info("nope")
+
+
+def test_option_parsing_and_errors():
+    info = methods.get_info("fake_copy")
+    values = info.resolve_options({"shift": "3", "size": "160x240", "mode": "exact", "delay": None})
+    assert values == {"shift": 3, "delay": 0.0, "size": (160, 240), "mode": "exact"}
+    with pytest.raises(OptionError, match="Valid options: shift, delay, size, mode"):
+        info.resolve_options({"shfit": 1})
+    with pytest.raises(OptionError, match="expects an integer"):
+        info.resolve_options({"shift": "1.5"})
+    with pytest.raises(OptionError, match="Valid values: fast, exact"):
+        info.resolve_options({"mode": "slow"})
+    with pytest.raises(OptionError, match="size like 320x480"):
+        info.resolve_options({"size": "320"})
+    with pytest.raises(OptionError, match="Valid variants: default, other"):
+        methods.create("fake_copy", variant="large")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("true", True), ("0", False), ("Yes", True), ("off", False), (True, True)]
+)
+def test_bool_option(text, expected):
+    assert Option("flag", bool, False, "").parse(text) is expected
+
+
+def test_first_mask_checks():
+    good = np.zeros((8, 10), np.uint8)
+    good[2:4, 2:4] = 1
+    assert check_first_mask(good, (8, 10)).dtype == np.uint8
+    with pytest.raises(PromptError, match="10x8 but the clip is 12x8"):
+        check_first_mask(good, (8, 12))
+    with pytest.raises(PromptError, match="empty"):
+        check_first_mask(np.zeros((8, 10), np.uint8), (8, 10))
+    with pytest.raises(PromptError, match="integer"):
+        check_first_mask(good.astype(np.float32), (8, 10))
+
+
+def test_segment_validates_before_work():
+    clip = Clip.from_frames([np.zeros((8, 10, 3), np.uint8)] * 2)
+    method = methods.create("fake_copy", device="cpu")
+    with pytest.raises(PromptError):
+        list(method.segment(clip, np.zeros((8, 9), np.uint8)))
+
+
+def test_device_choice():
+    assert vdevice.pick_device("cpu").type == "cpu"
+    assert vdevice.pick_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(vdevice.DeviceUnavailable, match="--device cpu"):
+            vdevice.pick_device("cuda")
+    with pytest.raises(ValueError, match="fp16"):
+        vdevice.pick_dtype("fp16", torch.device("cpu"))
+    assert vdevice.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_out_of_memory_detection():
+    assert vdevice.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert vdevice.is_out_of_memory(MemoryError())
+    assert vdevice.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
+    assert not vdevice.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_cpu_memory_probe_sees_an_allocation():
+    with vdevice.memory_probe(torch.device("cpu")) as probe:
+        block = np.ones(300 * 2**20, np.uint8)
+        block.sum()
+        del block
+    assert probe.kind == "cpu_rss"
+    assert probe.peak_bytes - probe.baseline_bytes > 250 * 2**20
