@@ -1,0 +1,728 @@
+"""Run several methods on one clip, one after another, each isolated, and write a run bundle.
+
+A run bundle is a folder::
+
+    run.json                     clip, prompt, settings, and one record per method (status, timings, memory,
+                                 variant, effective options, weights' source and sha256)
+    prompt.png                   the first-frame label map (palette PNG)
+    masks/<method>/00000.png     each method's label maps at the clip's size (palette PNGs)
+    side_by_side.mp4             input + one tile per method (H.264)
+
+Isolation: an exception or out-of-memory in one method is recorded in its record and the others still run; memory
+is freed between methods. Unsupervised methods return their own segment ids; they are matched to the prompted
+objects on the first frame (Hungarian on IoU) and unmatched segments are kept as extra ids.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from tqdm.auto import tqdm
+
+import vos
+from vos import device as vdevice
+from vos import masks as vmasks
+from vos.errors import VosError
+from vos.methods import base as mbase
+from vos.video import Clip, Limits, open_clip, write_mp4
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = 1
+MASK_NAME = "{:05d}.png"
+
+# Record statuses
+PENDING, RUNNING, OK, FAILED, OOM, NO_WEIGHTS, CANCELLED = (
+    "pending",
+    "running",
+    "ok",
+    "failed",
+    "out_of_memory",
+    "weights_missing",
+    "cancelled",
+)
+
+
+class RunError(VosError, ValueError):
+    """A run that cannot start (bad output folder, bad --from file...)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What to run
+
+
+@dataclass
+class MethodSpec:
+    """One method to run: key, variant (None = default), option overrides and weights spec."""
+
+    key: str
+    variant: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # None: the run's default
+
+    def validated(self) -> MethodSpec:
+        """Check key, variant and options now, before any work, so a typo fails fast with the valid values."""
+        info = mbase.get_info(self.key)
+        variant = info.check_variant(self.variant)
+        options = info.resolve_options(self.options)
+        overridden = {k: v for k, v in options.items() if k in self.options}
+        return MethodSpec(self.key, variant, overridden, self.weights)
+
+
+def parse_method_specs(
+    methods: str | Sequence[str] = "all",
+    *,
+    variants: Iterable[str] = (),
+    options: Iterable[str] = (),
+    weights: Iterable[str] = (),
+) -> tuple[list[MethodSpec], str]:
+    """Turn CLI strings into validated MethodSpecs and the default weights spec.
+
+    methods: "all" or "k1,k2"; variants: "key=variant"; options: "key.name=value"; weights: "SPEC" (every method)
+    or "key=SPEC" (one method).
+    """
+    known = mbase.list_keys()
+    if isinstance(methods, str):
+        keys = known if methods.strip() in {"", "all"} else [k.strip() for k in methods.split(",") if k.strip()]
+    else:
+        keys = list(methods)
+    for key in keys:
+        mbase.method_class(key)  # raises UnknownMethod with a suggestion
+    specs = {key: MethodSpec(key) for key in keys}
+
+    def split_pair(text: str, sep: str, what: str) -> tuple[str, str]:
+        if sep not in text:
+            raise mbase.OptionError(f"Expected {what}, got {text!r}.")
+        left, right = text.split(sep, 1)
+        return left.strip(), right.strip()
+
+    def target(key: str, flag: str) -> MethodSpec:
+        mbase.method_class(key)
+        if key not in specs:
+            raise mbase.OptionError(f"{flag} names {key!r}, which is not among the methods to run ({', '.join(keys)}).")
+        return specs[key]
+
+    for text in variants:
+        key, variant = split_pair(text, "=", "--variant KEY=VARIANT")
+        target(key, "--variant").variant = variant
+    for text in options:
+        name, value = split_pair(text, "=", "--opt KEY.NAME=VALUE")
+        key, opt = split_pair(name, ".", "--opt KEY.NAME=VALUE")
+        target(key, "--opt").options[opt] = value
+    default_weights = "hub"
+    for text in weights:
+        key, _, spec = text.partition("=")
+        if spec and key in known:
+            target(key, "--weights").weights = spec
+        else:
+            default_weights = text
+    return [spec.validated() for spec in specs.values()], default_weights
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What happened
+
+
+@dataclass
+class MethodRecord:
+    key: str
+    title: str
+    task: str
+    variant: str
+    status: str = PENDING
+    error: str | None = None
+    hint: str | None = None  # what to do about the error
+    frames_done: int = 0
+    load_s: float | None = None
+    first_frame_s: float | None = None
+    segment_s: float | None = None
+    fps: float | None = None
+    peak_memory_mib: float | None = None
+    memory_kind: str | None = None  # cuda_allocated or cpu_rss
+    reserved_memory_mib: float | None = None
+    device: str | None = None
+    config: dict[str, Any] | None = None  # variant, effective options, weights provenance
+    segment_ids: dict[str, int] | None = None  # unsupervised: raw segment id -> shown id
+    extra_ids: list[int] = field(default_factory=list)  # unsupervised: shown ids of unmatched segments
+    scores: dict[str, float] | None = None  # J&F etc. when a ground truth was given
+    masks_dir: str | None = None  # relative to the bundle
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def status_line(self) -> str:
+        """One line for a tile: speed and memory, or what went wrong."""
+        if self.status == OK:
+            parts = []
+            if self.fps is not None:
+                parts.append(f"{self.fps:.1f} fps")
+            if self.peak_memory_mib is not None:
+                parts.append(f"{self.peak_memory_mib:,.0f} MiB")
+            if self.scores and "J&F" in self.scores:
+                parts.append(f"J&F {self.scores['J&F']:.3f}")
+            return " · ".join(parts)
+        labels = {
+            FAILED: "failed",
+            OOM: "out of memory",
+            NO_WEIGHTS: "weights missing",
+            CANCELLED: "cancelled",
+            PENDING: "waiting",
+            RUNNING: "running",
+        }
+        label = labels.get(self.status, self.status)
+        return f"{label}: {self.error}" if self.error and self.status != OOM else label
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    clip: Clip
+    object_ids: list[int]
+    records: list[MethodRecord]
+    settings: dict[str, Any]
+
+    def record(self, key: str) -> MethodRecord:
+        return next(r for r in self.records if r.key == key)
+
+    def masks_dir(self, key: str) -> Path:
+        return self.out_dir / "masks" / key
+
+    def read_mask(self, key: str, index: int) -> np.ndarray | None:
+        path = self.masks_dir(key) / MASK_NAME.format(index)
+        return vmasks.read_palette_png(path) if path.exists() else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Unsupervised segments -> prompted objects
+
+
+class SegmentMatcher:
+    """Maps an unsupervised method's segment ids to the prompted object ids.
+
+    Frame 0 decides: Hungarian matching on IoU between segments and prompted objects (pairs with zero overlap are
+    never matched). Every other segment, on frame 0 or later, gets the next free extra id so it stays visible.
+    Segment id 0 means "no segment" (a method that has a background returns it as 0) and stays 0.
+    """
+
+    def __init__(self, prompt: np.ndarray):
+        self.prompt = prompt
+        self.object_ids = [int(i) for i in np.unique(prompt) if i != 0]
+        self.mapping: dict[int, int] = {}
+        self.extra_ids: list[int] = []
+        self._next_extra = (max(self.object_ids) if self.object_ids else 0) + 1
+        self._dropped: set[int] = set()
+
+    def _match_first(self, segments: np.ndarray) -> None:
+        seg_ids = [int(i) for i in np.unique(segments) if i != 0]
+        if not self.object_ids or not seg_ids:
+            return
+        iou = np.zeros((len(self.object_ids), len(seg_ids)))
+        for a, obj in enumerate(self.object_ids):
+            obj_mask = self.prompt == obj
+            for b, seg in enumerate(seg_ids):
+                seg_mask = segments == seg
+                union = np.logical_or(obj_mask, seg_mask).sum()
+                iou[a, b] = np.logical_and(obj_mask, seg_mask).sum() / union if union else 0.0
+        rows, cols = linear_sum_assignment(iou, maximize=True)
+        for a, b in zip(rows, cols):
+            if iou[a, b] > 0:
+                self.mapping[seg_ids[b]] = self.object_ids[a]
+
+    def __call__(self, segments: np.ndarray, index: int) -> np.ndarray:
+        segments = np.asarray(segments)
+        if index == 0 and not self.mapping:
+            self._match_first(segments)
+        out = np.zeros(segments.shape, np.uint8)
+        for seg in np.unique(segments):
+            seg = int(seg)
+            if seg == 0:
+                continue
+            if seg not in self.mapping:
+                if self._next_extra > 255:
+                    if seg not in self._dropped:
+                        log.warning("more than 255 segments: segment %d is not shown", seg)
+                        self._dropped.add(seg)
+                    continue
+                self.mapping[seg] = self._next_extra
+                self.extra_ids.append(self._next_extra)
+                self._next_extra += 1
+            out[segments == seg] = self.mapping[seg]
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class RunEvents:
+    """Callbacks for a UI. Every field is optional."""
+
+    on_start: Callable[[MethodRecord], None] | None = None
+    on_frame: Callable[[MethodRecord, int, int], None] | None = None  # record, frames done, total
+    on_finish: Callable[[MethodRecord], None] | None = None
+
+
+def hardware_info() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import psutil
+
+        info["ram_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # psutil is a requirement, but hardware info must never break a run
+        pass
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    return info
+
+
+def _explain(err: BaseException, record: MethodRecord) -> None:
+    """Fill status, error and hint from an exception, in words for the user."""
+    from vos import weights as vweights
+
+    if isinstance(err, getattr(vweights, "WeightsUnavailable", ())):
+        record.status = NO_WEIGHTS
+        record.error = str(err)
+        record.hint = getattr(err, "command", None) or "Fetch the weights with `python -m vos weights fetch`."
+    elif vdevice.is_out_of_memory(err):
+        record.status = OOM
+        record.error = f"Ran out of memory on {record.device}."
+        record.hint = "Try a lower resolution (a smaller max side), fewer frames, or another device."
+    elif isinstance(err, VosError):
+        record.status = FAILED
+        record.error = str(err)
+    else:
+        record.status = FAILED
+        record.error = f"{type(err).__name__}: {err}"
+        record.hint = "This looks like a bug; run with --verbose (-v) to see the traceback, and please report it."
+        log.debug("%s failed", record.key, exc_info=err)
+
+
+def run_methods(
+    clip: Clip,
+    first_mask: np.ndarray,
+    specs: Sequence[MethodSpec],
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    weights: str = "hub",
+    ground_truth: dict[int, np.ndarray] | None = None,
+    write_video: bool = True,
+    events: RunEvents | None = None,
+    cancel: threading.Event | None = None,
+    settings: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run ``specs`` on ``clip`` one after another and write the bundle into ``out_dir`` (created).
+
+    Never raises for a method's failure: it is recorded and the next method runs. ``run.json`` is rewritten after
+    each method, so a UI (or a person) can follow along.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first_mask = mbase.check_first_mask(first_mask, clip.size)
+    events = events or RunEvents()
+    torch_device = vdevice.pick_device(device)
+    vmasks.write_palette_png(first_mask, out_dir / "prompt.png")
+    records = []
+    for spec in specs:
+        info = mbase.get_info(spec.key)
+        records.append(MethodRecord(spec.key, info.title, info.task, spec.variant or info.default_variant))
+    result = RunResult(
+        out_dir=out_dir,
+        clip=clip,
+        object_ids=[int(i) for i in np.unique(first_mask) if i != 0],
+        records=records,
+        settings={"device": str(torch_device), "dtype": dtype or "fp32", "weights": weights, **(settings or {})},
+    )
+    write_run_json(result)
+    for spec, record in zip(specs, records):
+        if cancel is not None and cancel.is_set():
+            record.status = CANCELLED
+            continue
+        _run_one(spec, record, result, first_mask, torch_device, dtype, weights, ground_truth, events, cancel)
+        write_run_json(result)
+        vdevice.free_memory(torch_device)
+    if write_video:
+        write_side_by_side(result)
+        write_run_json(result)
+    return result
+
+
+def _run_one(
+    spec: MethodSpec,
+    record: MethodRecord,
+    result: RunResult,
+    first_mask: np.ndarray,
+    torch_device: Any,
+    dtype: str | None,
+    weights: str,
+    ground_truth: dict[int, np.ndarray] | None,
+    events: RunEvents,
+    cancel: threading.Event | None,
+) -> None:
+    clip = result.clip
+    final_dir = result.masks_dir(spec.key)
+    partial_dir = final_dir.with_name(f".{spec.key}.partial")
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    partial_dir.mkdir(parents=True)
+    record.status = RUNNING
+    record.device = str(torch_device)
+    # What was asked for, kept even if the method cannot be built; replaced by method.config() once it is.
+    record.config = {
+        "key": spec.key,
+        "variant": record.variant,
+        "options": mbase.get_info(spec.key).resolve_options(spec.options),
+        "weights": spec.weights or weights,
+    }
+    if events.on_start:
+        events.on_start(record)
+    matcher = SegmentMatcher(first_mask) if record.task == mbase.UNSUP else None
+    memory = None
+    bar = tqdm(total=clip.num_frames, desc=record.title, unit="frame", leave=True, dynamic_ncols=True)
+    try:
+        with vdevice.memory_probe(torch_device) as memory:
+            _segment_into(
+                spec, record, clip, first_mask, partial_dir, torch_device, dtype, weights, matcher, bar, events, cancel
+            )
+        record.status = OK
+    except _Cancelled:
+        record.status = CANCELLED
+    except Exception as err:  # noqa: BLE001 -- isolation: any method failure is recorded, the run goes on
+        _explain(err, record)
+    finally:
+        bar.close()
+        if memory is not None:
+            record.memory_kind = memory.kind
+            record.peak_memory_mib = round(memory.peak_mib, 1)
+            if memory.reserved_bytes is not None:
+                record.reserved_memory_mib = round(memory.reserved_bytes / 2**20, 1)
+    if record.status == OK:
+        partial_dir.rename(final_dir)
+        record.masks_dir = str(final_dir.relative_to(result.out_dir))
+        if matcher is not None:
+            record.segment_ids = {str(k): v for k, v in matcher.mapping.items()}
+            record.extra_ids = list(matcher.extra_ids)
+        if ground_truth:
+            try:
+                record.scores = score_against(final_dir, ground_truth, record.task)
+            except VosError as err:  # a scoring problem must not hide the method's results
+                log.warning("%s: could not score against the ground truth: %s", record.key, err)
+    else:
+        shutil.rmtree(partial_dir, ignore_errors=True)
+    if events.on_finish:
+        events.on_finish(record)
+    log.info("%s: %s %s", record.key, record.status, record.error or record.status_line())
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _segment_into(
+    spec: MethodSpec,
+    record: MethodRecord,
+    clip: Clip,
+    first_mask: np.ndarray,
+    out: Path,
+    torch_device: Any,
+    dtype: str | None,
+    weights: str,
+    matcher: SegmentMatcher | None,
+    bar: tqdm,
+    events: RunEvents,
+    cancel: threading.Event | None,
+) -> None:
+    """Build the method, stream its label maps into ``out`` as palette PNGs, fill the record's timings."""
+    start = time.perf_counter()
+    method = mbase.create(
+        spec.key, spec.variant, device=str(torch_device), weights=spec.weights or weights, dtype=dtype, **spec.options
+    )
+    record.config = method.config()
+    vdevice.synchronize(torch_device)
+    record.load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for index, label_map in enumerate(method.segment(clip, first_mask)):
+        if index == 0:
+            record.first_frame_s = time.perf_counter() - start
+        if matcher is not None:
+            label_map = matcher(label_map, index)
+        vmasks.write_palette_png(label_map, out / MASK_NAME.format(index))
+        record.frames_done = index + 1
+        bar.update(1)
+        if events.on_frame:
+            events.on_frame(record, index + 1, clip.num_frames)
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
+    vdevice.synchronize(torch_device)
+    record.segment_s = time.perf_counter() - start
+    if record.frames_done != clip.num_frames:
+        raise VosError(f"{record.title} returned {record.frames_done} of {clip.num_frames} frames.")
+    record.fps = record.frames_done / record.segment_s if record.segment_s > 0 else None
+
+
+def score_against(masks_dir: Path, ground_truth: dict[int, np.ndarray], task: str) -> dict[str, float]:
+    """J&F of one method's masks against ground-truth label maps keyed by frame index."""
+    from vos import metrics
+
+    names = {index: MASK_NAME.format(index)[:-4] for index in ground_truth}
+    gt = {names[i]: mask for i, mask in ground_truth.items()}
+    pred = {}
+    for index, name in names.items():
+        path = masks_dir / MASK_NAME.format(index)
+        if path.exists():
+            pred[name] = vmasks.read_palette_png(path)
+    result = metrics.evaluate_sequence(pred, gt, task="unsup" if task == mbase.UNSUP else "semi")
+    summary = metrics.summarize([result])
+    return {"J&F": summary["J&F-Mean"], "J": summary["J-Mean"], "F": summary["F-Mean"]}
+
+
+def read_ground_truth(path: str | Path, clip: Clip) -> dict[int, np.ndarray]:
+    """Ground-truth label maps (folder or zip of palette PNGs) keyed by frame index.
+
+    Numeric file names (DAVIS's 00000.png) give the index, so sparse annotations line up; other names are taken in
+    natural order. Masks must have the clip's size.
+    """
+    masks = vmasks.read_mask_dir(path)
+    numeric = all(name.isdigit() for name in masks)
+    gt = {}
+    for order, (name, mask) in enumerate(masks.items()):
+        index = int(name) if numeric else order
+        if index >= clip.num_frames:
+            continue
+        if mask.shape != tuple(clip.size):
+            raise vmasks.MaskError(
+                f"Ground-truth mask {name} is {mask.shape[1]}x{mask.shape[0]} but the clip is "
+                f"{clip.size[1]}x{clip.size[0]}."
+            )
+        gt[index] = mask
+    if not gt:
+        raise vmasks.MaskError(f"{path}: no ground-truth mask matches a frame of this {clip.num_frames}-frame clip.")
+    return gt
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bundle files
+
+
+def write_run_json(result: RunResult) -> Path:
+    data = {
+        "format": RUN_FORMAT,
+        "vos_version": vos.__version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "clip": result.clip.info(),
+        "prompt": {"file": "prompt.png", "object_ids": result.object_ids},
+        "settings": result.settings,
+        "hardware": hardware_info(),
+        "methods": [asdict(r) for r in result.records],
+        "side_by_side": "side_by_side.mp4" if (result.out_dir / "side_by_side.mp4").exists() else None,
+    }
+    path = result.out_dir / "run.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def tile_title(record: MethodRecord) -> str:
+    task = "unsupervised" if record.task == mbase.UNSUP else "semi-supervised"
+    return f"{record.title} · {record.variant} · {task}"
+
+
+def grid_frames(result: RunResult) -> Iterator[np.ndarray]:
+    """Side-by-side frames: the input (with the prompt on frame 0) and one overlay tile per method."""
+    prompt = vmasks.read_palette_png(result.out_dir / "prompt.png")
+    for index, frame in enumerate(result.clip.output_frames()):
+        tiles = [
+            vmasks.Tile(
+                vmasks.overlay(frame, prompt) if index == 0 else frame,
+                "Input" + (" + prompt" if index == 0 else ""),
+                f"frame {index + 1}/{result.clip.num_frames}",
+            )
+        ]
+        for record in result.records:
+            label_map = result.read_mask(record.key, index) if record.ok else None
+            image = vmasks.overlay(frame, label_map) if label_map is not None else frame
+            tiles.append(vmasks.Tile(image, tile_title(record), record.status_line(), ok=record.ok))
+        yield vmasks.compose_grid(tiles)
+
+
+def write_side_by_side(result: RunResult) -> Path | None:
+    try:
+        return write_mp4(grid_frames(result), result.out_dir / "side_by_side.mp4", fps=result.clip.fps)
+    except (OSError, ValueError) as err:
+        log.warning("could not write the side-by-side video: %s", err)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _prepare_out_dir(out: str | None) -> Path:
+    if not out:
+        raise RunError("Give the run bundle's folder with --out RUN_DIR.")
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunError(f"{path} already exists and is not an empty folder; choose another --out.")
+    return path
+
+
+def _load_from(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"Cannot read {path}: {err}.") from None
+    if not isinstance(data, dict) or data.get("format") != RUN_FORMAT or "methods" not in data:
+        raise RunError(f"{path} is not a run.json written by `python -m vos run`.")
+    return data
+
+
+def _spec_from_record(record: dict[str, Any]) -> MethodSpec:
+    """The MethodSpec that reproduces a run.json method record: same variant, options and weights."""
+    config = record.get("config") or {}
+    return MethodSpec(
+        record["key"], record["variant"], dict(config.get("options", {})), config.get("weights")
+    ).validated()
+
+
+def command_run(args) -> int:
+    """`python -m vos run`: validate everything, run into a temporary folder, move it into place when done."""
+    out_dir = _prepare_out_dir(args.out)
+    if args.from_run:
+        previous = _load_from(args.from_run)
+        settings = previous["settings"]
+        clip_path = args.clip or previous["clip"]["source"]
+        prompt_path = args.prompt or str(Path(args.from_run).parent / previous["prompt"]["file"])
+        specs = [_spec_from_record(m) for m in previous["methods"]]
+        default_weights = settings.get("weights", "hub")
+        device, dtype = args.device, settings.get("dtype")
+        limits = Limits(max_frames=settings.get("max_frames"), max_seconds=settings.get("max_seconds"))
+        max_side, fps = settings.get("max_side"), settings.get("fps")
+    else:
+        if not args.clip or not args.prompt:
+            raise RunError("Give a clip and its first-frame mask: python -m vos run CLIP --prompt MASK.png --out DIR")
+        clip_path, prompt_path = args.clip, args.prompt
+        specs, default_weights = parse_method_specs(
+            args.methods, variants=args.variant, options=args.opt, weights=[args.weights]
+        )
+        device, dtype = args.device, args.dtype
+        limits = Limits(max_frames=args.max_frames, max_seconds=args.max_seconds)
+        max_side, fps = args.max_side, args.fps
+    vdevice.pick_device(device)  # fail now if the device is missing
+    clip = open_clip(clip_path, limits, fps=fps).with_max_side(max_side)
+    prompt = vmasks.read_palette_png(prompt_path, size=clip.size)
+    mbase.check_first_mask(prompt, clip.size)
+    ground_truth = read_ground_truth(args.gt, clip) if getattr(args, "gt", None) else None
+    for note in clip.notes:
+        log.info("%s", note)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        result = run_methods(
+            clip,
+            prompt,
+            specs,
+            work,
+            device=device,
+            dtype=dtype,
+            weights=default_weights,
+            ground_truth=ground_truth,
+            write_video=not args.no_video,
+            settings={
+                "max_side": max_side,
+                "max_frames": limits.max_frames,
+                "max_seconds": limits.max_seconds,
+                "fps": fps,
+            },
+        )
+        if out_dir.exists():
+            out_dir.rmdir()  # verified empty above
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    print(summary_table(result.records))
+    print(f"Run bundle: {out_dir}")
+    return 0 if all(r.ok for r in result.records) else 1
+
+
+def summary_table(records: Sequence[MethodRecord]) -> str:
+    header = ("method", "variant", "status", "fps", "peak MiB", "load s", "J&F")
+    rows = [header]
+    for r in records:
+        rows.append(
+            (
+                r.key,
+                r.variant,
+                r.status,
+                f"{r.fps:.2f}" if r.fps is not None else "-",
+                f"{r.peak_memory_mib:,.0f}" if r.peak_memory_mib is not None else "-",
+                f"{r.load_s:.1f}" if r.load_s is not None else "-",
+                f"{r.scores['J&F']:.3f}" if r.scores else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in records:
+        if not r.ok and r.error:
+            lines.append(f"{r.key}: {r.error}" + (f"\n  -> {r.hint}" if r.hint else ""))
+    return "\n".join(lines)
+
+
+def describe_method(info: mbase.MethodInfo, *, full: bool = False) -> str:
+    task = "unsupervised" if info.task == mbase.UNSUP else "semi-supervised"
+    variants = ", ".join(v + (" (default)" if v == info.default_variant else "") for v in info.variants)
+    lines = [f"{info.key:8s} {info.title} — {task}", f"         variants: {variants}"]
+    if full:
+        lines += [
+            f"         {info.summary}",
+            f"         paper: {info.paper.title} ({info.paper.venue} {info.paper.year})",
+        ]
+        lines += [f"         code: {info.repo}   licence: {info.licence}"]
+        for rep in info.reported:
+            figures = ", ".join(f"{k} {v}" for k, v in rep.metrics.items())
+            speed = f"; {rep.fps} fps on {rep.hardware}" if rep.fps else ""
+            lines.append(
+                f"         reported ({rep.dataset}{', ' + rep.variant if rep.variant else ''}): {figures}{speed}"
+            )
+    for opt in info.options:
+        paper = f" [paper: {opt.format(opt.paper)}]" if opt.paper is not None else ""
+        choices = f" {{{', '.join(opt.format(c) for c in opt.choices)}}}" if opt.choices else ""
+        lines.append(f"         --opt {info.key}.{opt.name}={opt.format(opt.default)}{choices}{paper}  {opt.help}")
+    return "\n".join(lines)
+
+
+def command_methods(args) -> int:
+    infos = [mbase.get_info(args.key)] if args.key else mbase.available()
+    if not infos:
+        print("No methods are registered.")
+    print("\n\n".join(describe_method(info, full=bool(args.key)) for info in infos))
+    return 0
