@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+import threading
+
+import av
+import numpy as np
+import pytest
+
+import tests.fakes  # noqa: F401 -- registers the test-only methods
+from vos import masks as vmasks
+from vos import runner
+from vos.methods import OptionError, UnknownMethod
+from vos.runner import MethodSpec, RunEvents, SegmentMatcher, parse_method_specs, run_methods
+from vos.synthetic import moving_shapes
+from vos.video import Clip
+
+
+@pytest.fixture
+def shapes():
+    synthetic = moving_shapes(5, (40, 56), num_objects=2)
+    return Clip.from_frames(synthetic.frames, fps=5, name="shapes"), synthetic.masks
+
+
+def test_isolation_one_failure_does_not_stop_the_others(tmp_path, shapes):
+    clip, masks = shapes
+    specs = [MethodSpec("fake_fail"), MethodSpec("fake_copy"), MethodSpec("fake_oom"), MethodSpec("fake_alloc")]
+    result = run_methods(clip, masks[0], specs, tmp_path / "run", device="cpu", weights="random")
+    by_key = {r.key: r for r in result.records}
+    assert by_key["fake_fail"].status == runner.FAILED
+    assert "synthetic failure" in by_key["fake_fail"].error
+    assert by_key["fake_oom"].status == runner.OOM
+    assert "lower resolution" in by_key["fake_oom"].hint
+    assert by_key["fake_copy"].status == runner.OK
+    assert by_key["fake_alloc"].status == runner.OK
+    for key in ("fake_copy", "fake_alloc"):
+        record = by_key[key]
+        assert record.frames_done == 5 and record.fps > 0 and record.load_s >= 0 and record.first_frame_s >= 0
+        assert record.memory_kind == "cpu_rss" and record.peak_memory_mib > 0
+        assert len(list((tmp_path / "run" / "masks" / key).glob("*.png"))) == 5
+    # The allocating method's peak shows its 200 MiB block above what the process held before it.
+    assert by_key["fake_alloc"].peak_memory_mib > 150
+    # Failed methods leave no masks folder that looks complete.
+    assert not (tmp_path / "run" / "masks" / "fake_fail").exists()
+    assert not list((tmp_path / "run" / "masks").glob(".*partial"))
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [m["status"] for m in saved["methods"]] == ["failed", "ok", "out_of_memory", "ok"]
+    assert saved["side_by_side"] == "side_by_side.mp4"
+    with av.open(str(tmp_path / "run" / "side_by_side.mp4")) as container:
+        assert len(list(container.decode(video=0))) == 5
+
+
+def test_masks_written_at_clip_size_with_original_ids(tmp_path):
+    synthetic = moving_shapes(3, (64, 96), num_objects=2)
+    clip = Clip.from_frames(synthetic.frames).with_max_side(48)
+    prompt = synthetic.masks[0].copy()
+    prompt[prompt == 2] = 7  # non-contiguous ids survive
+    result = run_methods(clip, prompt, [MethodSpec("fake_copy")], tmp_path, device="cpu", write_video=False)
+    mask = result.read_mask("fake_copy", 2)
+    assert mask.shape == (64, 96)
+    assert set(np.unique(mask)) == {0, 1, 7}
+    assert result.object_ids == [1, 7]
+
+
+def test_provenance_records_effective_options(tmp_path, shapes):
+    clip, masks = shapes
+    specs, default_weights = parse_method_specs(
+        "fake_copy", variants=["fake_copy=other"], options=["fake_copy.shift=2", "fake_copy.size=10x20"]
+    )
+    result = run_methods(clip, masks[0], specs, tmp_path, device="cpu", weights=default_weights, write_video=False)
+    config = result.records[0].config
+    assert config["variant"] == "other"
+    assert config["options"] == {"shift": 2, "delay": 0.0, "size": [10, 20], "mode": "fast"}
+    assert config["weights"] == "hub"
+    shifted = result.read_mask("fake_copy", 1)
+    assert np.array_equal(shifted, np.roll(masks[0], 2, axis=1))
+
+
+def test_parse_method_specs_errors():
+    with pytest.raises(UnknownMethod, match="fake_copy"):
+        parse_method_specs("fake_cop")
+    with pytest.raises(OptionError, match="Valid options"):
+        parse_method_specs("fake_copy", options=["fake_copy.nope=1"])
+    with pytest.raises(OptionError, match="not among the methods to run"):
+        parse_method_specs("fake_copy", options=["fake_fail.at=2"])
+    with pytest.raises(OptionError, match="KEY.NAME=VALUE"):
+        parse_method_specs("fake_copy", options=["fake_copy.shift"])
+    specs, weights = parse_method_specs("fake_copy,fake_fail", weights=["random", "fake_fail=/tmp/x.pth"])
+    assert weights == "random"
+    assert [s.weights for s in specs] == [None, "/tmp/x.pth"]
+
+
+def test_unsupervised_segments_matched_to_prompt(tmp_path, shapes):
+    clip, masks = shapes
+    result = run_methods(clip, masks[0], [MethodSpec("fake_unsup")], tmp_path, device="cpu", write_video=False)
+    record = result.records[0]
+    assert record.status == runner.OK
+    first = result.read_mask("fake_unsup", 0)
+    corner = first[:2, :2]
+    body = first.copy()
+    body[:2, :2] = masks[0][:2, :2]
+    assert np.array_equal(body, masks[0])  # objects came back under the prompt's ids
+    assert set(np.unique(corner)) == {3}  # the extra segment gets the next free id (objects are 1, 2)
+    assert record.extra_ids == [3]
+    assert record.segment_ids == {"12": 1, "11": 2, "3": 3}
+
+
+def test_segment_matcher_keeps_unmatched_and_new_segments():
+    prompt = np.zeros((4, 6), np.uint8)
+    prompt[:, :2] = 5
+    matcher = SegmentMatcher(prompt)
+    frame0 = np.zeros((4, 6), np.uint8)
+    frame0[:, :3] = 9  # overlaps object 5
+    frame0[:, 4:] = 2  # touches nothing prompted
+    out0 = matcher(frame0, 0)
+    assert set(np.unique(out0[:, :3])) == {5}
+    later = np.full((4, 6), 4, np.uint8)  # a segment never seen before
+    out1 = matcher(later, 1)
+    assert matcher.extra_ids == sorted(matcher.extra_ids) and len(set(np.unique(out1))) == 1
+    assert int(out1[0, 0]) not in (5, 0)
+
+
+def test_cancel_between_frames(tmp_path, shapes):
+    clip, masks = shapes
+    cancel = threading.Event()
+    seen = []
+
+    def on_frame(record, done, total):
+        seen.append(done)
+        if done == 2:
+            cancel.set()
+
+    specs = [MethodSpec("fake_copy"), MethodSpec("fake_alloc")]
+    result = run_methods(
+        clip, masks[0], specs, tmp_path, device="cpu", events=RunEvents(on_frame=on_frame), cancel=cancel
+    )
+    assert [r.status for r in result.records] == [runner.CANCELLED, runner.CANCELLED]
+    assert seen == [1, 2]
+
+
+def test_ground_truth_scores(tmp_path, shapes):
+    clip, masks = shapes
+    gt = {i: m for i, m in enumerate(masks)}
+    result = run_methods(
+        clip, masks[0], [MethodSpec("fake_copy")], tmp_path, device="cpu", ground_truth=gt, write_video=False
+    )
+    scores = result.records[0].scores
+    assert set(scores) == {"J&F", "J", "F"}
+    assert 0 <= scores["J"] <= 1
+
+
+def test_summary_table_mentions_errors(tmp_path, shapes):
+    clip, masks = shapes
+    result = run_methods(clip, masks[0], [MethodSpec("fake_fail")], tmp_path, device="cpu", write_video=False)
+    table = runner.summary_table(result.records)
+    assert "fake_fail" in table and "synthetic failure" in table
+
+
+def test_side_by_side_grid_has_a_tile_per_method(tmp_path, shapes):
+    clip, masks = shapes
+    specs = [MethodSpec("fake_copy"), MethodSpec("fake_fail")]
+    result = run_methods(clip, masks[0], specs, tmp_path, device="cpu", write_video=False)
+    frame = next(runner.grid_frames(result))
+    assert frame.ndim == 3 and frame.shape[0] % 2 == 0 and frame.shape[1] % 2 == 0
+    assert frame.shape[1] >= 2 * clip.width  # at least input + two tiles across or stacked
+    assert vmasks.read_palette_png(tmp_path / "prompt.png").shape == clip.size
