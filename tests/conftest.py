@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 @pytest.fixture(autouse=True)
 def _offline_hub(monkeypatch, tmp_path_factory):
-    """Offline, with an empty Hugging Face cache of the test session's own, so nothing cached on this machine leaks in."""
+    """Offline, with an empty Hugging Face cache of the session's own, so nothing cached on this machine leaks in."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     home = tmp_path_factory.getbasetemp() / "hf_home"
     monkeypatch.setenv("HF_HOME", str(home))

@@ -164,3 +164,18 @@ def test_side_by_side_grid_has_a_tile_per_method(tmp_path, shapes):
     assert frame.ndim == 3 and frame.shape[0] % 2 == 0 and frame.shape[1] % 2 == 0
     assert frame.shape[1] >= 2 * clip.width  # at least input + two tiles across or stacked
     assert vmasks.read_palette_png(tmp_path / "prompt.png").shape == clip.size
+
+
+def test_read_ground_truth_lines_up_frames_and_sizes(tmp_path):
+    synthetic = moving_shapes(4, (24, 32))
+    clip = Clip.from_frames(synthetic.frames)
+    folder = tmp_path / "gt"
+    for index in (0, 2):  # sparse annotations, at twice the clip's size
+        big = np.kron(synthetic.masks[index], np.ones((2, 2), np.uint8))
+        vmasks.write_palette_png(big, folder / f"{index:05d}.png")
+    gt = runner.read_ground_truth(folder, clip)
+    assert sorted(gt) == [0, 2]
+    assert np.array_equal(gt[2], synthetic.masks[2])
+    vmasks.write_palette_png(np.ones((10, 40), np.uint8), tmp_path / "bad" / "00000.png")
+    with pytest.raises(vmasks.MaskError, match="40x10"):
+        runner.read_ground_truth(tmp_path / "bad", clip)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +25,8 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from vos.errors import VosError
 from vos.video import natural_key
+
+log = logging.getLogger(__name__)
 
 Color = tuple[int, int, int]
 
@@ -161,6 +164,27 @@ def check_mask_size(label_map: np.ndarray, size: tuple[int, int], path: str | Pa
             f"the mask is {w}x{h} (width x height) but {size[1]}x{size[0]} is expected; "
             "use a mask made for this clip's first frame, at the clip's size.",
         )
+
+
+def fit_to_size(
+    label_map: np.ndarray, size: tuple[int, int], path: str | Path | None = None, *, rescale: bool = True
+) -> np.ndarray:
+    """``label_map`` at (H, W) = ``size``.
+
+    A mask of another size is an error (naming both sizes), unless ``rescale`` and it has the same aspect ratio:
+    then it was made for the clip before the upload limits shrank it, and it is resized (nearest).
+    """
+    if label_map.shape[:2] == tuple(size):
+        return label_map
+    if not (rescale and _same_aspect(label_map.shape, size)):
+        check_mask_size(label_map, size, path)
+    log.info("Resizing the mask %s from %s to %s", Path(path).name if path else "", label_map.shape, size)
+    return resize_labels(label_map, size)
+
+
+def _same_aspect(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Equal aspect ratios up to the one-pixel rounding of a downscale."""
+    return abs(a[0] * b[1] - a[1] * b[0]) <= max(*a[:2], *b[:2])
 
 
 def _image_to_ids(image: Image.Image, path: Path) -> np.ndarray:

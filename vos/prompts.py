@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vos.masks import MaskError, check_mask_size, read_palette_png, resize_labels
+from vos.masks import MaskError, fit_to_size, read_palette_png
 from vos.methods.base import PromptError
 
 log = logging.getLogger(__name__)
@@ -79,20 +79,10 @@ def mask_from_upload(path: str | Path, size: tuple[int, int], *, rescale: bool =
     for the clip before the upload limits shrank it, and it is resized (nearest).
     """
     path = Path(path)
-    label_map = read_palette_png(path)
-    if label_map.shape != tuple(size):
-        if not (rescale and _same_aspect(label_map.shape, size)):
-            check_mask_size(label_map, size, path)
-        log.info("Resizing the uploaded mask %s from %s to %s", path.name, label_map.shape, size)
-        label_map = resize_labels(label_map, size)
+    label_map = fit_to_size(read_palette_png(path), size, path, rescale=rescale)
     if not label_map.any():
         raise MaskError(path, "the mask holds no objects (every pixel is background); mark at least one object.")
     return label_map
-
-
-def _same_aspect(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    """Equal aspect ratios up to the one-pixel rounding of a downscale."""
-    return abs(a[0] * b[1] - a[1] * b[0]) <= max(*a, *b)
 
 
 # --------------------------------------------------------------------------------------------------------------

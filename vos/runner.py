@@ -506,23 +506,17 @@ def read_ground_truth(path: str | Path, clip: Clip) -> dict[int, np.ndarray]:
     """Ground-truth label maps (folder or zip of palette PNGs) keyed by frame index.
 
     Numeric file names (DAVIS's 00000.png) give the index, so sparse annotations line up; other names are taken in
-    natural order. Masks must have the clip's size.
+    natural order. Masks made for the clip before the upload limits shrank it are resized.
     """
     masks = vmasks.read_mask_dir(path)
     numeric = all(name.isdigit() for name in masks)
     gt = {}
     for order, (name, mask) in enumerate(masks.items()):
         index = int(name) if numeric else order
-        if index >= clip.num_frames:
-            continue
-        if mask.shape != tuple(clip.size):
-            raise vmasks.MaskError(
-                f"Ground-truth mask {name} is {mask.shape[1]}x{mask.shape[0]} but the clip is "
-                f"{clip.size[1]}x{clip.size[0]}."
-            )
-        gt[index] = mask
+        if index < clip.num_frames:
+            gt[index] = vmasks.fit_to_size(mask, clip.size, f"{name}.png")
     if not gt:
-        raise vmasks.MaskError(f"{path}: no ground-truth mask matches a frame of this {clip.num_frames}-frame clip.")
+        raise vmasks.MaskError(path, f"no ground-truth mask matches a frame of this {clip.num_frames}-frame clip.")
     return gt
 
 
