@@ -1,0 +1,651 @@
+"""The weights machinery: manifest, Hub cache resolution, official files converted on the fly, folders, strict keys,
+verified downloads, and the `weights` CLI. No network: the Hub is a cache folder built here in huggingface_hub's
+layout, official URLs are served from 127.0.0.1, and Google Drive is replaced by a function writing local bytes."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+
+from vos import weights
+from vos.__main__ import main
+from vos.methods import SEMI, Method, MethodInfo, Paper, available, register, unregister
+
+# --------------------------------------------------------------------------------------------------------------
+# A test-only method with two small networks, stored by its "authors" in another key layout
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+
+class Decoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+
+
+class Tiny(nn.Module):  # stands in for a timm backbone
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2, 3)
+
+
+# ours <- official, as a method file's convert_official keeps them
+RENAMES = (("backbone.0.", "conv."), ("backbone.1.", "bn."), ("decoder.fc.", "head."))
+
+
+def convert_wtest(checkpoint):
+    """The test method's convert_official: unwrap, strip 'module.', rename, drop a known-unused head by name."""
+    state = checkpoint
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and key in state:
+            state = state[key]
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("fc_unused."):
+            continue
+        for old, new in RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        out[key] = value
+    return out
+
+
+def to_official(module: nn.Module, *, wrapper: str = "state_dict") -> dict:
+    """``module``'s weights as the authors would publish them: renamed, 'module.'-prefixed, with an unused head,
+    wrapped with optimizer state and training arguments."""
+    official = {}
+    for key, value in module.state_dict().items():
+        for old, new in RENAMES:
+            if key.startswith(new):
+                key = old + key[len(new) :]
+        official[f"module.{key}"] = value.clone()
+    official["module.fc_unused.weight"] = torch.zeros(5, 5)
+    return {
+        wrapper: official,
+        "optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 0.1}]},
+        "epoch": np.int64(12),
+        "args": argparse.Namespace(lr=0.1, arch="test"),
+    }
+
+
+CONVERTER = f"{__name__}:convert_wtest"
+ENTRIES = {
+    "wtest.encoder": {
+        "title": "test encoder",
+        "used_by": ["wtest"],
+        "hub_file": "wtest/encoder.safetensors",
+        "licence": "MIT",
+        "converter": CONVERTER,
+        "paper": "A test paper (2026)",
+        "source": {"kind": "url", "url": "http://127.0.0.1:9/unused", "filename": "enc_release.pth", "size": "1 KB"},
+    },
+    "wtest.decoder": {
+        "title": "test decoder",
+        "used_by": ["wtest"],
+        "hub_file": "wtest/decoder.safetensors",
+        "licence": "CC-BY-4.0",
+        "converter": CONVERTER,
+        "source": {"kind": "gdrive", "id": "drive-decoder", "filename": "dec_release.pth"},
+    },
+    "wtest.folder_part": {
+        "title": "a file inside a Drive folder whose names are not recorded",
+        "used_by": ["wtest"],
+        "hub_file": "wtest/folder_part.safetensors",
+        "licence": "unknown (see the official repository)",
+        "converter": CONVERTER,
+        "source": {"kind": "gdrive_folder", "id": "drive-folder"},
+    },
+    "backbone.wtest_tiny": {
+        "title": "a backbone that lives in its own Hub repository",
+        "used_by": ["wtest"],
+        "hub_repo": "timm-test/tiny",
+        "hub_file": "model.safetensors",
+        "licence": "Apache-2.0",
+    },
+}
+
+
+class WeightsTestMethod(Method):
+    info = MethodInfo(
+        key="wtest",
+        title="Weights test",
+        task=SEMI,
+        summary="Test-only method with several networks.",
+        variants=("one", "two", "bb", "drive"),
+        default_variant="one",
+        paper=Paper(title="A test paper", authors="tests", venue="tests", year=2026, url="https://example.org"),
+        repo="https://example.org/repo",
+        licence="MIT",
+        weights={
+            "one": {"encoder": "wtest.encoder"},
+            "two": {"encoder": "wtest.encoder", "decoder": "wtest.decoder"},
+            "bb": {"encoder": "wtest.encoder", "backbone": "backbone.wtest_tiny"},
+            "drive": {"encoder": "wtest.folder_part"},
+        },
+    )
+
+    def _build(self) -> None:
+        self.encoder = Encoder()
+        self.load_part("encoder", self.encoder)
+        if self.variant == "two":
+            self.decoder = Decoder()
+            self.load_part("decoder", self.decoder)
+        if self.variant == "bb":
+            self.backbone = Tiny()
+            self.load_part("backbone", self.backbone)
+
+    def _segment(self, clip, first_mask, progress):
+        yield first_mask
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch) -> Path:
+    """A fresh, offline Hugging Face home and vos cache for this test, and the test method and its manifest rows."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("VOS_CACHE", str(tmp_path / "vos"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", weights.REPO_ENV, "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for file_id, table in ENTRIES.items():
+        monkeypatch.setitem(weights.EXTRA_ENTRIES, file_id, weights.Entry.from_table(file_id, table))
+    register(WeightsTestMethod)
+    yield tmp_path
+    unregister("wtest")
+
+
+def reference(cls: type[nn.Module], seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    module = cls()
+    if isinstance(module, Encoder):  # non-default running stats, so they must really be loaded
+        module.bn.running_mean.uniform_()
+        module.bn.running_var.uniform_(0.5, 2.0)
+        module.bn.num_batches_tracked.fill_(7)
+    return module
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def save_official(module: nn.Module, path: Path, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(to_official(module, **kwargs), path)
+    return path
+
+
+def put_in_hub_cache(repo: str, filename: str, data: bytes, commit: str = "c0ffee" * 6 + "cafe") -> str:
+    """Store a file in the Hub cache exactly as huggingface_hub lays it out; returns the blob's sha256."""
+    root = weights.hub_cache_dir() / f"models--{repo.replace('/', '--')}"
+    sha = hashlib.sha256(data).hexdigest()
+    blob = root / "blobs" / sha
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    link = root / "snapshots" / commit / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
+    return sha
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The manifest
+
+
+REQUIRED_IDS = {
+    "tvos.davis_train",
+    "tvos.davis_trainval",
+    "tvos.youtube_train",
+    "backbone.dino_xcit_small_12_p8",
+    "backbone.dinov2_vits14",
+    "backbone.dinov2_vitb14",
+    "backbone.dino_vits8",
+    "backbone.dino_vits16",
+    "backbone.mae_vitb16",
+    "backbone.resnet50_tv",
+    "simvos.b",
+    "simvos.bs",
+    "simvos.l",
+    "ba.dino_s8",
+    "abr.raft_things",
+}
+
+
+def test_manifest_rows_are_complete():
+    rows = weights._read_manifest()[0]
+    assert not REQUIRED_IDS - set(rows)
+    for file_id, item in rows.items():
+        assert item.title and item.licence and item.paper and item.origin.startswith("https://"), file_id
+        assert item.hub_file.endswith(".safetensors"), file_id
+        assert all(isinstance(key, str) and key for key in item.used_by), file_id
+        assert item.sha256 == "" or re.fullmatch(r"[0-9a-f]{64}", item.sha256), file_id
+        if item.converter:
+            assert re.fullmatch(r"[\w.]+:\w+", item.converter), file_id
+        if item.ours:  # we convert it, so there must be a release to convert from
+            assert item.source is not None, file_id
+        else:
+            assert not item.converter, f"{file_id}: files in timm's repositories are loaded as they are"
+        if item.source is not None:
+            assert item.source.kind in weights.SOURCE_KINDS
+            assert item.source.id if item.source.kind.startswith("gdrive") else item.source.url.startswith("https://")
+    timm = {fid: rows[fid].hub_repo for fid in REQUIRED_IDS if rows[fid].hub_repo}
+    assert timm["backbone.dino_vits8"] == "timm/vit_small_patch8_224.dino"
+    assert timm["backbone.resnet50_tv"] == "timm/resnet50.tv_in1k"
+    assert rows["tvos.davis_train"].source.id == "1SWZ20zTHgOpha0MlF8iOdqEHFkALdZn7"
+
+
+def test_every_registered_method_names_manifest_files(env):
+    entries = weights.manifest()
+    for info in available():
+        for variant, parts in info.weights.items():
+            assert variant in info.variants, f"{info.key}: weights for unknown variant {variant!r}"
+            for part, file_id in parts.items():
+                assert file_id in entries, f"{info.key}:{variant} part {part!r} names unknown file {file_id!r}"
+                assert info.key in entries[file_id].used_by, f"{file_id}: used_by should list {info.key!r}"
+
+
+def test_manifest_rejects_typos_and_unknown_ids(env):
+    with pytest.raises(weights.ManifestError, match="licnce"):
+        weights.Entry.from_table("x.y", {"title": "t", "hub_file": "x/y.safetensors", "licence": "MIT", "licnce": 1})
+    with pytest.raises(weights.ManifestError, match="kind"):
+        weights.Entry.from_table(
+            "x.y", {"title": "t", "hub_file": "x.safetensors", "licence": "MIT", "source": {"kind": "ftp"}}
+        )
+    with pytest.raises(weights.UnknownWeights, match="Did you mean 'tvos.davis_train'"):
+        weights.entry("tvos.davis_trian")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Official files converted on the fly
+
+
+def test_unwrap_opens_wrappers_strips_module_and_drops_optimizer():
+    official = to_official(reference(Encoder, 0), wrapper="model_state_dict")
+    plain = weights.unwrap_state_dict({"model": official})
+    assert all(not k.startswith("module.") for k in plain)
+    assert "backbone.0.weight" in plain and "fc_unused.weight" in plain
+    assert not any("exp_avg" in k or k in {"epoch", "args"} for k in plain)
+
+
+def test_official_pth_loads_through_weights_file(env):
+    ref = reference(Encoder, 1)
+    pth = save_official(ref, env / "release" / "my_download.pth.tar")
+    method = WeightsTestMethod("one", device="cpu", weights=str(pth))
+    assert same_weights(method.encoder, ref)
+    [record] = method.weights_records
+    assert record["part"] == "encoder" and record["file"] == "wtest.encoder"
+    assert record["source"] == "local" and record["converted"] is True
+    assert record["sha256"] == hashlib.sha256(pth.read_bytes()).hexdigest()
+    assert method.config()["weights_records"] == [record]
+
+
+def test_file_already_in_our_layout_is_loaded_unconverted(env):
+    ref = reference(Encoder, 2)
+    (env / "ours.safetensors").write_bytes(save(ref.state_dict()))
+    torch.save({"state_dict": ref.state_dict()}, env / "ours.pth")
+    for name in ("ours.safetensors", "ours.pth"):
+        method = WeightsTestMethod("one", device="cpu", weights=str(env / name))
+        assert same_weights(method.encoder, ref)
+
+
+def test_convert_cli_writes_fp32_safetensors_that_hub_then_finds(env, capsys):
+    ref = reference(Encoder, 3).half().float()  # values exactly representable either way
+    official = to_official(ref)
+    official["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in official["state_dict"].items()}
+    pth = env / "enc_release.pth"
+    torch.save(official, pth)
+
+    assert main(["weights", "convert", "wtest:one", str(pth)]) == 0
+    out = weights.converted_path(weights.entry("wtest.encoder"))
+    assert str(out) in capsys.readouterr().out
+    stored = load_file(str(out))
+    assert set(stored) == set(ref.state_dict())  # renamed; unused head and optimizer state gone
+    assert all(t.dtype == torch.float32 for k, t in stored.items() if not k.endswith("num_batches_tracked"))
+    assert all(t.is_contiguous() for t in stored.values())
+
+    method = WeightsTestMethod("one", device="cpu", weights="hub")
+    assert same_weights(method.encoder, ref)
+    assert method.weights_records[0]["source"] == "cache"
+
+    assert main(["weights", "fetch", "wtest.encoder"]) == 0
+    assert f"wtest.encoder: {out} (cache)" in capsys.readouterr().out
+
+    again = weights.convert("wtest.encoder", pth, env / "copy.safetensors")
+    assert again.sha256 == weights.sha256_file(out), "the same release converts to the same bytes"
+
+    assert main(["weights", "convert", "wtest:two", str(pth)]) == 2
+    assert "several files" in capsys.readouterr().err
+
+
+class NotWeights:
+    pass
+
+
+def test_pickles_with_arbitrary_objects_are_refused(env):
+    bad = {"state_dict": reference(Encoder, 0).state_dict(), "payload": NotWeights()}
+    torch.save(bad, env / "bad.pth")
+    with pytest.raises(
+        weights.ConversionError, match=rf"holds a {re.escape(__name__)}\.NotWeights object.*weights_only"
+    ):
+        WeightsTestMethod("one", device="cpu", weights=str(env / "bad.pth"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Folders and strict keys
+
+
+def test_folder_files_matched_by_name_then_by_layout(env):
+    enc, dec = reference(Encoder, 4), reference(Decoder, 5)
+    folder = env / "release"
+    save_official(enc, folder / "enc_release.pth")
+    save_official(dec, folder / "dec_release.pth")
+    method = WeightsTestMethod("two", device="cpu", weights=str(folder))
+    assert same_weights(method.encoder, enc) and same_weights(method.decoder, dec)
+    assert [Path(r["path"]).name for r in method.weights_records] == ["enc_release.pth", "dec_release.pth"]
+
+    renamed = env / "renamed"
+    save_official(enc, renamed / "b.pth", wrapper="model_state_dict")
+    save_official(dec, renamed / "sub" / "a.pth.tar")
+    method = WeightsTestMethod("two", device="cpu", weights=str(renamed))
+    assert same_weights(method.encoder, enc) and same_weights(method.decoder, dec)
+    assert [Path(r["path"]).name for r in method.weights_records] == ["b.pth", "a.pth.tar"]
+
+
+def test_two_files_fitting_one_network_is_an_error(env):
+    save_official(reference(Encoder, 6), env / "two" / "x.pth")
+    save_official(reference(Encoder, 7), env / "two" / "y.pth")
+    with pytest.raises(weights.AmbiguousWeights, match=r"x\.pth.*y\.pth"):
+        WeightsTestMethod("one", device="cpu", weights=str(env / "two"))
+
+
+def test_backbone_missing_from_folder_comes_from_hub(env):
+    enc, tiny = reference(Encoder, 8), reference(Tiny, 9)
+    save_official(enc, env / "release" / "whatever.pth")
+    put_in_hub_cache("timm-test/tiny", "model.safetensors", save(tiny.state_dict()))
+    method = WeightsTestMethod("bb", device="cpu", weights=str(env / "release"))
+    assert same_weights(method.encoder, enc) and same_weights(method.backbone, tiny)
+    assert method.weights_records[1]["source"] == "hub:timm-test/tiny (not in the given files)"
+
+
+def test_file_that_fits_nothing_names_its_keys(env):
+    state = reference(Encoder, 10).state_dict()
+    state["conv.weight"] = torch.zeros(4, 3, 5, 5)
+    state["extra.bias"] = state.pop("bn.bias")
+    (env / "wrong.safetensors").write_bytes(save(state))
+    with pytest.raises(weights.KeyMismatch) as caught:
+        WeightsTestMethod("one", device="cpu", weights=str(env / "wrong.safetensors"))
+    message = str(caught.value)
+    assert "missing key(s): bn.bias" in message
+    assert "unexpected key(s): extra.bias" in message
+    assert "conv.weight (4, 3, 5, 5) in the file vs (4, 3, 3, 3)" in message
+    assert isinstance(caught.value, ValueError)
+
+    save_official(reference(Encoder, 11), env / "only_encoder.pth")
+    with pytest.raises(weights.KeyMismatch, match="needs one file per network"):
+        WeightsTestMethod("two", device="cpu", weights=str(env / "only_encoder.pth"))
+
+
+def test_missing_path_and_bad_hf_spec(env):
+    with pytest.raises(weights.WeightsUnavailable, match="no such file or folder") as caught:
+        WeightsTestMethod("one", device="cpu", weights=str(env / "nope.pth"))
+    assert "weights fetch" not in str(caught.value)  # a mistyped path is not fixed by downloading
+    with pytest.raises(weights.BadWeightsSpec):
+        WeightsTestMethod("one", device="cpu", weights="hf://justone")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The Hub (a local cache in huggingface_hub's layout, resolved offline)
+
+
+def test_hub_cache_resolves_offline_and_repo_can_be_overridden(env, monkeypatch):
+    ours, mirror = reference(Encoder, 12), reference(Encoder, 13)
+    sha = put_in_hub_cache(weights.weights_repo(), "wtest/encoder.safetensors", save(ours.state_dict()))
+    method = WeightsTestMethod("one", device="cpu", weights="hub")
+    assert same_weights(method.encoder, ours)
+    record = method.weights_records[0]
+    assert record["source"] == "hub:vos-compare/checkpoints" and record["sha256"] == sha
+    assert Path(record["path"]).is_relative_to(env / "hf" / "hub")
+
+    put_in_hub_cache("me/mirror", "wtest/encoder.safetensors", save(mirror.state_dict()))
+    put_in_hub_cache("me/mirror", "custom/enc.safetensors", save(ours.state_dict()))
+    assert same_weights(WeightsTestMethod("one", device="cpu", weights="hf://me/mirror").encoder, mirror)
+    method = WeightsTestMethod("one", device="cpu", weights="hf://me/mirror/custom/enc.safetensors")
+    assert (
+        same_weights(method.encoder, ours)
+        and method.weights_records[0]["source"] == "hf:me/mirror/custom/enc.safetensors"
+    )
+
+    monkeypatch.setenv(weights.REPO_ENV, "me/mirror")
+    method = WeightsTestMethod("one", device="cpu", weights="hub")
+    assert same_weights(method.encoder, mirror) and method.weights_records[0]["source"] == "hub:me/mirror"
+    assert weights.resolve("wtest", "one") == {"encoder": Path(method.weights_records[0]["path"])}
+
+
+def test_hub_file_with_another_sha256_than_the_manifest_is_refused(env, monkeypatch):
+    put_in_hub_cache(weights.weights_repo(), "wtest/encoder.safetensors", save(reference(Encoder, 0).state_dict()))
+    row = dict(ENTRIES["wtest.encoder"], sha256="0" * 64)
+    monkeypatch.setitem(weights.EXTRA_ENTRIES, "wtest.encoder", weights.Entry.from_table("wtest.encoder", row))
+    with pytest.raises(weights.ChecksumMismatch):
+        WeightsTestMethod("one", device="cpu", weights="hub")
+
+
+def test_offline_and_missing_says_where_it_looked_and_how_to_fetch(env):
+    with pytest.raises(weights.WeightsUnavailable) as caught:
+        WeightsTestMethod("two", device="cpu", weights="hub")
+    err = caught.value
+    assert isinstance(err, FileNotFoundError)
+    assert err.file_id == "wtest.encoder" and err.method == "wtest" and err.variant == "two"
+    assert err.command == "python -m vos weights fetch wtest:two"
+    message = str(err)
+    assert "python -m vos weights fetch wtest:two" in message
+    assert "vos-compare/checkpoints / wtest/encoder.safetensors" in message and "HF_HUB_OFFLINE" in message
+    assert "enc_release.pth" in message
+    assert [where.split()[0] for where, _ in err.tried] == ["converted", "Hugging", "official"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Downloads of official releases: verified, converted, and never left half-written
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    files: dict[str, tuple[bytes, int]]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 -- http.server's name
+        body, declared = self.server.files[self.path]
+        self.send_response(200)
+        self.send_header("Content-Length", str(declared))
+        self.end_headers()
+        self.wfile.write(body)  # fewer bytes than declared = a connection cut mid-download
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch) -> Iterator[_Server]:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    httpd = _Server(("127.0.0.1", 0), _Handler)
+    httpd.files = {}
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def online_without_hub(monkeypatch):
+    """Downloads allowed, but the Hub answers 'no such file' without any network."""
+
+    def no_hub(repo, filename, revision=None):
+        raise weights._HubMiss("the Hub has no such file (test)")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(weights, "hub_download", no_hub)
+
+
+def serve_encoder_row(monkeypatch, server: _Server, data: bytes, *, declared: int | None = None, **source) -> None:
+    server.files["/enc_release.pth"] = (data, len(data) if declared is None else declared)
+    url = f"http://127.0.0.1:{server.server_address[1]}/enc_release.pth"
+    row = dict(ENTRIES["wtest.encoder"], source={"kind": "url", "url": url, "filename": "enc_release.pth", **source})
+    monkeypatch.setitem(weights.EXTRA_ENTRIES, "wtest.encoder", weights.Entry.from_table("wtest.encoder", row))
+
+
+def test_url_download_is_verified_converted_and_cached(env, server, online_without_hub, monkeypatch):
+    ref = reference(Encoder, 14)
+    data = (save_official(ref, env / "served.pth")).read_bytes()
+    serve_encoder_row(monkeypatch, server, data, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    method = WeightsTestMethod("one", device="cpu", weights="hub")
+    assert same_weights(method.encoder, ref)
+    record = method.weights_records[0]
+    assert record["source"].startswith("official:http://127.0.0.1") and record["converted"] is True
+    cache = weights.cache_root()
+    assert sorted(p.relative_to(cache).as_posix() for p in files_under(cache)) == [
+        "converted/wtest.encoder.safetensors",
+        "official/wtest.encoder/enc_release.pth",
+    ]
+    assert WeightsTestMethod("one", device="cpu", weights="hub").weights_records[0]["source"] == "cache"
+
+
+@pytest.mark.parametrize("problem", ["sha256", "size", "cut"])
+def test_corrupt_or_cut_download_leaves_nothing_in_the_cache(env, server, online_without_hub, monkeypatch, problem):
+    data = save_official(reference(Encoder, 15), env / "served.pth").read_bytes()
+    if problem == "sha256":
+        serve_encoder_row(monkeypatch, server, data, sha256="f" * 64)
+        expected = weights.ChecksumMismatch
+    elif problem == "size":
+        serve_encoder_row(monkeypatch, server, data, size_bytes=len(data) + 1)
+        expected = weights.ChecksumMismatch
+    else:
+        serve_encoder_row(monkeypatch, server, data[: len(data) // 2], declared=len(data))
+        expected = weights.WeightsUnavailable
+    with pytest.raises(expected):
+        WeightsTestMethod("one", device="cpu", weights="hub")
+    assert files_under(weights.cache_root()) == []
+
+
+def test_drive_file_and_drive_folder_picked_by_layout(env, online_without_hub, monkeypatch):
+    dec, enc = reference(Decoder, 16), reference(Encoder, 17)
+    drive = {
+        "drive-decoder": save_official(dec, env / "drive" / "dec.pth").read_bytes(),
+        "id-enc": save_official(enc, env / "drive" / "enc.pth").read_bytes(),
+        "id-other": save_official(dec, env / "drive" / "other.pth").read_bytes(),
+    }
+    fetched: list[str] = []
+
+    def fake_gdown(file_id: str, dest: Path) -> None:
+        fetched.append(file_id)
+        dest.write_bytes(drive[file_id])
+
+    monkeypatch.setattr(weights, "_download_gdrive", fake_gdown)
+    monkeypatch.setattr(
+        weights, "_gdrive_folder_listing", lambda folder: [("id-other", "x/o.pth"), ("id-enc", "e.pth")]
+    )
+
+    resolved = weights.resolve_file("wtest.decoder")
+    assert resolved.converted and same_weights(_loaded(Decoder, resolved.path), dec)
+
+    method = WeightsTestMethod("drive", device="cpu", weights="hub")
+    assert same_weights(method.encoder, enc)
+    assert method.weights_records[0]["source"].startswith("official:Google Drive folder drive-folder")
+    assert weights.converted_path(weights.entry("wtest.folder_part")).is_file()
+    assert WeightsTestMethod("drive", device="cpu", weights="hub").weights_records[0]["source"] == "cache"
+    assert sorted(fetched) == ["drive-decoder", "id-enc", "id-other"]
+
+
+def _loaded(cls: type[nn.Module], path: Path) -> nn.Module:
+    module = cls()
+    module.load_state_dict(load_file(str(path)))
+    return module
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI, publishing, Space front matter
+
+
+def test_weights_list_shows_every_file(env, capsys):
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for file_id in weights.manifest():
+        assert re.search(rf"^{re.escape(file_id)}\s", out, re.M), file_id
+    assert "Offline" in out
+    header = out.splitlines()[0]
+    assert header.split() == ["FILE", "ID", "USED", "BY", "SIZE", "CACHED", "COMES", "FROM"]
+    row = next(line for line in out.splitlines() if line.startswith("tvos.davis_train "))
+    assert row.index("tvos ") == header.index("USED BY")  # aligned columns
+    assert "1SWZ20zTHgOpha0MlF8iOdqEHFkALdZn7" in row
+
+
+def test_fetch_offline_fails_with_the_reason(env, capsys):
+    assert main(["weights", "fetch", "wtest:one"]) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+    assert main(["weights", "fetch", "wtset"]) == 2
+    assert "Did you mean 'wtest'" in capsys.readouterr().err
+
+
+def test_push_selects_converted_files_and_writes_a_model_card(env):
+    weights.save_safetensors(
+        reference(Encoder, 18).state_dict(), weights.converted_path(weights.entry("wtest.encoder"))
+    )
+    ready, missing = weights.push_selection(["wtest:bb", "wtest:two"])
+    assert [item.id for item, _ in ready] == ["wtest.encoder"]
+    assert [item.id for item in missing] == ["wtest.decoder"]  # the timm-hosted backbone is never pushed
+
+    card = weights.model_card(ready, "me/weights")
+    assert card.startswith("---\nlicense: other\n")
+    path = ready[0][1]
+    for text in (
+        "`wtest/encoder.safetensors`",
+        "MIT",
+        "A test paper (2026)",
+        "enc_release.pth",
+        weights.sha256_file(path),
+    ):
+        assert text in card
+
+    with pytest.raises(weights.DownloadFailed, match="HF_HUB_OFFLINE"):
+        weights.push("me/weights", what=["wtest"])
+
+
+def test_preload_from_hub_front_matter(env):
+    yaml = weights.preload_from_hub_yaml()
+    lines = yaml.splitlines()
+    assert lines[0] == "preload_from_hub:"
+    ours = next(line for line in lines if "vos-compare/checkpoints" in line)
+    dash, repo, files = ours.split()
+    assert (dash, repo) == ("-", "vos-compare/checkpoints") and "tvos/davis_train.safetensors," in files
+    assert "  - timm/vit_small_patch8_224.dino model.safetensors" in lines
+    assert "mae" not in yaml  # no released variant uses it
+    mirror = weights.preload_from_hub_yaml(["tvos.davis_train", "backbone.dino_vits8"], repo="me/weights")
+    assert mirror.splitlines()[1:] == [
+        "  - me/weights tvos/davis_train.safetensors",
+        "  - timm/vit_small_patch8_224.dino model.safetensors",
+    ]
