@@ -1,0 +1,958 @@
+"""Compare page: upload a clip, mark the objects on its first frame, run the methods side by side, inspect, export.
+
+A thin UI: every callback reads component values, calls ``pages.prompting`` / ``pages.results`` / ``vos``, and
+returns component values. What a session needs between callbacks is a ``PromptSession`` (paths and mark lists)
+in a ``gr.State``. Work that uses the GPU runs in one queue (``concurrency_id=GPU_QUEUE``, one job at a time) and,
+on Hugging Face ZeroGPU, through ``spaces.GPU``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from pages import GPU_QUEUE, gpu_task, on_zero_gpu, user_errors, weights_state
+from pages import prompting as pr
+from pages import results as rs
+from vos import masks as vmasks
+from vos import runner
+from vos.device import pick_device
+from vos.methods import UNSUP, MethodInfo, Option, OptionError, available
+from vos.runner import MethodSpec
+from vos.video import Limits
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "assets" / "examples"
+CLIP_TYPES = [".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg", ".ogv", ".zip"]
+
+# (label, long side in pixels); 0 = as uploaded. "480p" is the long side of a 16:9 480-line frame.
+RESOLUTIONS = [
+    ("240p (long side 427 px)", 427),
+    ("360p (640 px)", 640),
+    ("480p (854 px)", 854),
+    ("720p (1280 px)", 1280),
+    ("1080p (1920 px)", 1920),
+    ("as uploaded", 0),
+]
+DEFAULT_RESOLUTION = 854
+TOOL_CHOICES = [("⊕ Include", pr.INCLUDE), ("⊖ Exclude", pr.EXCLUDE), ("▭ Box (2 clicks)", pr.BOX)]
+WEIGHTS_CHOICES = [("Released weights", "hub"), ("Random weights (speed and memory only)", "random")]
+PLAY_INTERVAL = 0.25  # seconds per frame when playing the grid: what a round trip per frame sustains
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Upload limits, from the environment so a Space can tighten them: VOS_MAX_SIDE, VOS_MAX_FRAMES,
+    VOS_MAX_SECONDS, VOS_MAX_UPLOAD_MB."""
+
+    max_side: int = 1280
+    max_frames: int = 300
+    max_seconds: float = 30.0
+    max_upload_mb: int = 200
+
+    @classmethod
+    def from_env(cls) -> UploadLimits:
+        def number(name: str, default: float) -> float:
+            value = os.environ.get(name)
+            return float(value) if value else default
+
+        return cls(
+            max_side=int(number("VOS_MAX_SIDE", cls.max_side)),
+            max_frames=int(number("VOS_MAX_FRAMES", cls.max_frames)),
+            max_seconds=number("VOS_MAX_SECONDS", cls.max_seconds),
+            max_upload_mb=int(number("VOS_MAX_UPLOAD_MB", cls.max_upload_mb)),
+        )
+
+    @property
+    def clip_limits(self) -> Limits:
+        return Limits(max_side=self.max_side, max_frames=self.max_frames, max_seconds=self.max_seconds)
+
+    def describe(self) -> str:
+        return (
+            f"A video or a zip of JPG/PNG frames, up to {self.max_upload_mb} MB. The first {self.max_seconds:g} s "
+            f"(at most {self.max_frames} frames) are kept and frames larger than {self.max_side} px are downscaled."
+        )
+
+
+def device_choices() -> list[tuple[str, str]]:
+    import torch
+
+    choices = [("auto", "auto")]
+    if torch.cuda.is_available():
+        choices.append((f"cuda ({torch.cuda.get_device_name(0)})", "cuda"))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        choices.append(("mps", "mps"))
+    choices.append(("cpu", "cpu"))
+    return choices
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plain helpers the callbacks use (no components)
+
+
+def variant_choices(info: MethodInfo) -> list[tuple[str, str]]:
+    """(label, variant): a variant whose weights are not on this machine says so (it will report it when run)."""
+    choices = []
+    for variant in info.variants:
+        state = weights_state(info, variant)
+        choices.append((variant if state.available in (True, None) else f"{variant} (weights missing)", variant))
+    return choices
+
+
+def option_component(info: MethodInfo, opt: Option) -> gr.components.Component:
+    """The input for one declared option: its type picks the widget; help and the paper's value go in ``info``."""
+    label = opt.name
+    note = opt.help + (f" (paper: {opt.format(opt.paper)})" if opt.paper is not None else "")
+    key = f"opt-{info.key}-{opt.name}"
+    if opt.choices is not None:
+        return gr.Dropdown(
+            choices=[opt.format(c) for c in opt.choices], value=opt.format(opt.default), label=label, info=note, key=key
+        )
+    if opt.type is bool:
+        return gr.Checkbox(value=bool(opt.default), label=label, info=note, key=key)
+    if opt.type is int:
+        return gr.Number(value=opt.default, precision=0, label=label, info=note, key=key)
+    if opt.type is float:
+        return gr.Number(value=opt.default, label=label, info=note, key=key)
+    return gr.Textbox(value=opt.format(opt.default), label=label, info=note, key=key)
+
+
+def option_overrides(info: MethodInfo, values: dict[str, Any]) -> dict[str, Any]:
+    """The options whose value differs from the declared default, parsed (OptionError names a bad one)."""
+    overrides = {}
+    for name, value in values.items():
+        if value is None or value == "":
+            continue
+        opt = info.option(name)
+        try:
+            parsed = opt.parse(value)
+        except OptionError as err:
+            raise OptionError(f"{info.title}: {err}") from None
+        if parsed != opt.default:
+            overrides[name] = parsed
+    return overrides
+
+
+def gather_ground_truth(files: list[str] | str | None, folder: Path) -> str | None:
+    """A zip, or PNG files copied into one folder: what ``runner.read_ground_truth`` reads."""
+    if not files:
+        return None
+    files = [files] if isinstance(files, str) else list(files)
+    if len(files) == 1 and files[0].lower().endswith(".zip"):
+        return files[0]
+    target = folder / "ground_truth" / uuid.uuid4().hex[:8]
+    target.mkdir(parents=True)
+    for path in files:
+        shutil.copyfile(path, target / Path(path).name)
+    return str(target)
+
+
+def tile_title_html(title: str, subtitle: str = "") -> str:
+    sub = f" <small>{html.escape(subtitle)}</small>" if subtitle else ""
+    return f'<div class="vos-tile-title">{html.escape(title)}{sub}</div>'
+
+
+def clip_notice(session: pr.PromptSession) -> str:
+    h, w = session.size
+    text = (
+        f"**{session.clip_name}** · {w}×{h} · {session.num_frames} frames · {session.fps:g} fps "
+        f"({session.num_frames / session.fps:.1f} s)"
+    )
+    if session.notes:
+        text += "\n\n" + "\n".join(f"> ⚠️ {note}" for note in session.notes)
+    return text
+
+
+def prompt_status(session: pr.PromptSession, labels: np.ndarray) -> str:
+    entries = pr.legend_entries(session, labels)
+    if not entries:
+        tool_hint = "Click on an object in the frame to mark it."
+        return f'<div class="vos-hint-box">{tool_hint} Each click updates the mask preview.</div>'
+    return rs.swatches_html(entries)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The GPU work (one queue; spaces.GPU on ZeroGPU)
+
+_CANCELS: dict[str, threading.Event] = {}
+
+
+@gpu_task
+def run_job(
+    session: pr.PromptSession,
+    request: rs.RunRequest,
+    token: str,
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008 -- Gradio finds the tracker by this default
+):
+    """Run the methods, yielding the per-method progress list; the last value also carries the bundle's folder."""
+    cancel = _CANCELS.setdefault(token, threading.Event())
+    try:
+        clip = session.clip()
+        prompt = vmasks.read_palette_png(session.prompt_path, size=session.size)
+        out_dir = rs.new_run_dir(session.path, session.clip_name)
+        live = None
+        for live in rs.run_in_background(clip, prompt, request, out_dir, cancel=cancel):
+            if not live.done:
+                yield rs.live_html(live.records, clip.num_frames), None
+        assert live is not None and live.done
+        if live.error is not None:
+            raise live.error
+        yield rs.live_html(live.records, clip.num_frames), str(out_dir)
+    finally:
+        _CANCELS.pop(token, None)
+
+
+@gpu_task
+def api_compare_job(session: pr.PromptSession, request: rs.RunRequest) -> str:
+    """The API's run: the same work, without live updates; returns the bundle's folder."""
+    clip = session.clip()
+    prompt = vmasks.read_palette_png(session.prompt_path, size=session.size)
+    out_dir = rs.new_run_dir(session.path, session.clip_name)
+    rs.run_comparison(clip, prompt, request, out_dir)
+    return str(out_dir)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The page
+
+
+@dataclass
+class MethodControls:
+    info: MethodInfo
+    enabled: gr.Checkbox
+    variant: gr.Radio
+    options: list[tuple[Option, gr.components.Component]]
+
+
+@dataclass
+class Tile:
+    column: gr.Column
+    title: gr.HTML
+    image: gr.Image
+    caption: gr.HTML
+
+
+class ComparePage:
+    """Builds the Compare page into the current Blocks context and holds its components for the callbacks."""
+
+    def __init__(self, limits: UploadLimits | None = None):
+        self.limits = limits or UploadLimits.from_env()
+        self.infos = available()
+
+    # ---------------------------------------------------------------- layout
+    def build(self) -> ComparePage:
+        self.session = gr.State(None, delete_callback=pr.delete_session)
+        self.request = gr.State(None)
+        self.token = gr.State("")
+        self.run_dir = gr.State(None)
+        self.playing = gr.State(False)
+
+        self._build_upload()
+        self._build_prompt()
+        self._build_run()
+        self._build_results()
+        self._build_api()
+        self._wire()
+        return self
+
+    def _build_upload(self) -> None:
+        with gr.Group(elem_classes="vos-step"):
+            gr.HTML('<h2 class="vos-step-title"><span>1</span> Upload a clip</h2>')
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3, min_width=280):
+                    self.upload = gr.File(
+                        label="Video or zip of frames",
+                        file_types=CLIP_TYPES,
+                        file_count="single",
+                        type="filepath",
+                        elem_id="vos-upload",
+                        height=140,
+                    )
+                    gr.Markdown(self.limits.describe(), elem_classes="vos-small")
+                with gr.Column(scale=2, min_width=240):
+                    self.example_clip = gr.File(visible=False)
+                    self.example_mask = gr.File(visible=False)
+                    self.example_gt = gr.File(visible=False)
+                    examples = self._examples()
+                    if examples:
+                        self.examples = gr.Examples(
+                            examples=examples,
+                            inputs=[self.example_clip, self.example_mask, self.example_gt],
+                            label="Or try an example (clip, its first-frame mask and ground truth)",
+                            example_labels=[Path(e[0]).stem for e in examples],
+                            api_visibility="private",
+                        )
+                    self.clip_info = gr.Markdown(
+                        "No clip yet.", elem_id="vos-clip-info", elem_classes="vos-small vos-clip-info"
+                    )
+
+    @staticmethod
+    def _examples() -> list[list[str | None]]:
+        rows = []
+        for clip in sorted(EXAMPLES.glob("*.mp4")):
+            mask = clip.with_name(f"{clip.stem}_00000.png")
+            gt = clip.with_name(f"{clip.stem}_gt.zip")
+            rows.append([str(clip), str(mask) if mask.exists() else None, str(gt) if gt.exists() else None])
+        return rows
+
+    def _build_prompt(self) -> None:
+        with gr.Group(elem_classes="vos-step"):
+            gr.HTML('<h2 class="vos-step-title"><span>2</span> Mark the objects on the first frame</h2>')
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3, min_width=300):
+                    gr.HTML(
+                        '<div class="vos-frame-help">Click on the first frame to mark objects: '
+                        "<b>include</b> points, <b>exclude</b> points or a <b>box</b> (two corners). "
+                        "The mask preview updates at once.</div>"
+                    )
+                    self.frame = gr.Image(
+                        label="First frame",
+                        show_label=False,
+                        interactive=False,
+                        type="numpy",
+                        elem_id="vos-frame",
+                        placeholder="Upload a clip (step 1) or pick an example: its first frame appears here.",
+                        buttons=["fullscreen"],
+                        format="png",
+                    )
+                with gr.Column(scale=2, min_width=260):
+                    self.tool = gr.Radio(
+                        TOOL_CHOICES, value=pr.INCLUDE, label="Click tool", elem_id="vos-tool", elem_classes="vos-tool"
+                    )
+                    self.objects = gr.Radio(
+                        choices=[], label="Objects (clicks go to the selected one)", elem_id="vos-objects"
+                    )
+                    with gr.Row(elem_classes="vos-buttons"):
+                        self.new_object = gr.Button("+ New object", size="sm", elem_id="vos-new-object")
+                        self.undo = gr.Button("↶ Undo", size="sm")
+                        self.remove = gr.Button("Remove object", size="sm")
+                        self.clear = gr.Button("Clear all", size="sm", variant="stop")
+                    self.prompt_legend = gr.HTML(
+                        '<div class="vos-hint-box">Upload a clip or pick an example (step 1), then click on an '
+                        "object in its first frame.</div>",
+                        elem_id="vos-prompt-legend",
+                    )
+                    with gr.Accordion("Brush: paint an object", open=False):
+                        self.brush = gr.ImageEditor(
+                            label="Paint over the object, then add the strokes to the selected object",
+                            type="numpy",
+                            sources=(),
+                            transforms=(),
+                            layers=False,
+                            brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"),
+                            eraser=gr.Eraser(),
+                            height=320,
+                        )
+                        self.add_strokes = gr.Button("Add strokes to the selected object", size="sm")
+                    with gr.Accordion("Upload a first-frame mask (palette PNG)", open=False):
+                        self.mask_upload = gr.File(
+                            label="DAVIS-style palette PNG: pixel value = object id",
+                            file_types=[".png"],
+                            type="filepath",
+                            height=110,
+                        )
+
+    def _build_run(self) -> None:
+        with gr.Group(elem_classes="vos-step"):
+            gr.HTML('<h2 class="vos-step-title"><span>3</span> Choose methods and run</h2>')
+            self.methods: list[MethodControls] = []
+            with gr.Row(elem_classes="vos-methods"):
+                if not self.infos:
+                    gr.Markdown("No methods are registered.")
+                for info in self.infos:
+                    task = "unsupervised" if info.task == UNSUP else "semi-supervised"
+                    with gr.Group(elem_classes="vos-method"):
+                        enabled = gr.Checkbox(value=True, label=info.title, info=task, key=f"use-{info.key}")
+                        variant = gr.Radio(
+                            choices=variant_choices(info),
+                            value=info.default_variant,
+                            label="Variant",
+                            show_label=False,
+                            container=False,
+                            elem_classes="vos-variant",
+                            key=f"variant-{info.key}",
+                        )
+                    self.methods.append(MethodControls(info, enabled, variant, []))
+            with gr.Row():
+                self.device = gr.Dropdown(device_choices(), value="auto", label="Device", min_width=140)
+                self.resolution = gr.Dropdown(
+                    RESOLUTIONS,
+                    value=DEFAULT_RESOLUTION,
+                    label="Working resolution",
+                    info="Methods run at this size; results are shown at the clip's.",
+                    min_width=180,
+                )
+                self.weights = gr.Radio(WEIGHTS_CHOICES, value="hub", label="Weights", min_width=240)
+            with gr.Accordion("Advanced: method options", open=False):
+                with_options = [m for m in self.methods if m.info.options]
+                if not with_options:
+                    gr.Markdown("No method declares options.")
+                for controls in with_options:
+                    gr.Markdown(f"**{controls.info.title}**", elem_classes="vos-options-title")
+                    with gr.Row(elem_classes="vos-options"):
+                        for opt in controls.info.options:
+                            controls.options.append((opt, option_component(controls.info, opt)))
+            with gr.Accordion("Ground truth (optional): score J&F", open=False):
+                self.ground_truth = gr.File(
+                    label="A zip (or the PNG files) of palette masks, one per frame, at the clip's size",
+                    file_types=[".zip", ".png"],
+                    file_count="multiple",
+                    type="filepath",
+                    height=110,
+                )
+            with gr.Row(elem_classes="vos-run-row"):
+                self.run_button = gr.Button("▶ Run the comparison", variant="primary", elem_id="vos-run", scale=3)
+                self.stop_button = gr.Button("■ Stop", variant="stop", elem_id="vos-stop", scale=1, interactive=False)
+            self.live = gr.HTML(elem_id="vos-live")
+
+    def _build_results(self) -> None:
+        with gr.Group(elem_classes="vos-step"):
+            gr.HTML('<h2 class="vos-step-title"><span>4</span> Compare</h2>')
+            self.empty_results = gr.Markdown(
+                "Results appear here after a run: the input and one tile per method, frame by frame, with speed, "
+                "memory and downloads.",
+                elem_classes="vos-empty",
+            )
+            with gr.Column(visible=False, elem_id="vos-results") as self.results:
+                self.results_legend = gr.HTML()
+                with gr.Row(equal_height=True, elem_classes="vos-frame-row"):
+                    self.play = gr.Button("▶ Play", size="sm", scale=0, min_width=90, elem_id="vos-play")
+                    self.slider = gr.Slider(
+                        0, 1, value=0, step=1, label="Frame", scale=5, elem_id="vos-slider", buttons=[]
+                    )
+                self.timer = gr.Timer(PLAY_INTERVAL, active=False)
+                with gr.Row(elem_classes="vos-tiles", elem_id="vos-tiles"):
+                    self.tiles = [self._tile("Input", "vos-tile-input")]
+                    self.tiles += [self._tile(info.title, f"vos-tile-{info.key}") for info in self.infos]
+                with gr.Tabs():
+                    with gr.Tab("Numbers"):
+                        self.table = gr.HTML(elem_id="vos-table")
+                        self.table_note = gr.Markdown(elem_classes="vos-small")
+                    with gr.Tab("Side-by-side video"):
+                        self.video = gr.Video(label="Side by side", interactive=False, elem_id="vos-video")
+                    with gr.Tab("Downloads"):
+                        self.downloads = gr.File(
+                            label="Side-by-side MP4 · every method's masks (palette PNGs) · the run bundle",
+                            file_count="multiple",
+                            interactive=False,
+                            elem_id="vos-downloads",
+                        )
+
+    @staticmethod
+    def _tile(title: str, elem_id: str) -> Tile:
+        with gr.Column(visible=False, min_width=240, elem_classes="vos-tile", elem_id=elem_id) as column:
+            heading = gr.HTML(tile_title_html(title), elem_classes="vos-tile-heading")
+            image = gr.Image(
+                label=title, show_label=False, interactive=False, buttons=["fullscreen"], format="jpeg", height=260
+            )
+            caption = gr.HTML()
+        return Tile(column, heading, image, caption)
+
+    def _build_api(self) -> None:
+        """Components for the API only (never shown): gradio_client drives a whole comparison through these."""
+        with gr.Column(visible=False):
+            self.api_clip = gr.File(label="clip", type="filepath")
+            self.api_mask = gr.File(label="first-frame mask (palette PNG)", type="filepath")
+            self.api_objects = gr.Textbox(label="objects (JSON)")
+            self.api_methods = gr.Textbox(label="methods", value="all")
+            self.api_variants = gr.Textbox(label="variants (KEY=VARIANT, comma-separated)", value="")
+            self.api_options = gr.Textbox(label="options (KEY.NAME=VALUE, comma-separated)", value="")
+            self.api_device = gr.Textbox(label="device", value="auto")
+            self.api_max_side = gr.Number(label="working resolution (long side, 0 = as uploaded)", value=854)
+            self.api_weights = gr.Textbox(label="weights", value="hub")
+            self.api_gt = gr.File(label="ground truth (zip of palette PNGs)", type="filepath")
+            self.api_mask_out = gr.File(label="first-frame mask")
+            self.api_files = gr.File(label="side-by-side MP4, masks zip, run bundle zip", file_count="multiple")
+            self.api_summary = gr.JSON(label="per-method records")
+            self.api_prompt_button = gr.Button("prompt")
+            self.api_compare_button = gr.Button("compare")
+
+    # ---------------------------------------------------------------- events
+    def _wire(self) -> None:
+        prompt_outputs = [self.session, self.frame, self.objects, self.prompt_legend]
+        self.upload.upload(
+            self.on_upload,
+            [self.upload],
+            [*prompt_outputs, self.clip_info, self.brush, self.mask_upload],
+            api_visibility="private",
+        )
+        self.upload.clear(self.on_clear_upload, None, [*prompt_outputs, self.clip_info], api_visibility="private")
+        if getattr(self, "examples", None) is not None:
+            self.examples.load_input_event.success(
+                self.on_example,
+                [self.example_clip, self.example_mask, self.example_gt],
+                [*prompt_outputs, self.clip_info, self.brush, self.upload, self.ground_truth],
+                api_visibility="private",
+            )
+        self.frame.select(
+            self.on_click, [self.session, self.tool], prompt_outputs, api_visibility="private", trigger_mode="multiple"
+        )
+        self.objects.input(
+            self.on_select_object, [self.session, self.objects], prompt_outputs, api_visibility="private"
+        )
+        self.new_object.click(self.on_new_object, [self.session], prompt_outputs, api_visibility="private")
+        self.undo.click(self.on_undo, [self.session], prompt_outputs, api_visibility="private")
+        self.remove.click(self.on_remove, [self.session], prompt_outputs, api_visibility="private")
+        self.clear.click(self.on_clear, [self.session], [*prompt_outputs, self.mask_upload], api_visibility="private")
+        self.add_strokes.click(
+            self.on_add_strokes, [self.session, self.brush], [*prompt_outputs, self.brush], api_visibility="private"
+        )
+        self.mask_upload.upload(
+            self.on_mask_upload, [self.session, self.mask_upload], prompt_outputs, api_visibility="private"
+        )
+        self.mask_upload.clear(self.on_mask_clear, [self.session], prompt_outputs, api_visibility="private")
+
+        run_inputs = {self.session, self.device, self.resolution, self.weights, self.ground_truth}
+        for controls in self.methods:
+            run_inputs |= {controls.enabled, controls.variant, *(c for _, c in controls.options)}
+        prepared = self.run_button.click(
+            self.on_prepare,
+            run_inputs,
+            [self.session, self.request, self.token, self.live, self.run_button, self.stop_button],
+            api_visibility="private",
+        )
+        job = prepared.success(
+            run_job,
+            [self.session, self.request, self.token],
+            [self.live, self.run_dir],
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=1,
+            show_progress="full",
+            show_progress_on=[self.live],
+            api_visibility="private",
+        )
+        shown = job.success(
+            self.on_results, [self.session, self.run_dir], self._result_outputs(), api_visibility="private"
+        )
+        for event in (job, shown):
+            event.then(
+                lambda: (gr.Button(interactive=True), gr.Button(interactive=False)),
+                None,
+                [self.run_button, self.stop_button],
+                api_visibility="private",
+                queue=False,
+            )
+        self.stop_button.click(
+            self.on_stop,
+            [self.token],
+            [self.stop_button],
+            cancels=[job] if on_zero_gpu() else None,
+            queue=False,
+            api_visibility="private",
+        )
+
+        self.slider.change(
+            self.on_frame, [self.session, self.run_dir, self.slider], self._tile_images(), api_visibility="private"
+        )
+        self.play.click(self.on_play, [self.playing], [self.playing, self.timer, self.play], api_visibility="private")
+        self.timer.tick(self.on_tick, [self.run_dir, self.slider], [self.slider], api_visibility="private")
+
+        self.api_prompt_button.click(
+            self.api_prompt, [self.api_clip, self.api_objects], [self.api_mask_out], api_name="prompt_mask"
+        )
+        self.api_compare_button.click(
+            self.api_compare,
+            [
+                self.api_clip,
+                self.api_mask,
+                self.api_methods,
+                self.api_variants,
+                self.api_options,
+                self.api_device,
+                self.api_max_side,
+                self.api_weights,
+                self.api_gt,
+            ],
+            [self.api_files, self.api_summary],
+            api_name="compare",
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=1,
+        )
+
+    def _tile_images(self) -> list[gr.Image]:
+        return [t.image for t in self.tiles]
+
+    def _result_outputs(self) -> list[gr.components.Component]:
+        outputs: list[Any] = [self.results, self.empty_results, self.results_legend, self.slider]
+        for tile in self.tiles:
+            outputs += [tile.column, tile.title, tile.image, tile.caption]
+        return [*outputs, self.table, self.table_note, self.video, self.downloads]
+
+    # ---------------------------------------------------------------- prompt callbacks
+    def _prompt_view(self, session: pr.PromptSession | None) -> dict:
+        """The session and everything drawn from it: frame with the mask preview, object list, legend."""
+        if session is None:
+            return {
+                self.session: None,
+                self.frame: None,
+                self.objects: gr.Radio(choices=[], value=None),
+                self.prompt_legend: "",
+            }
+        frame = session.first_frame()
+        labels = pr.label_map(session, frame)
+        return {
+            self.session: session,
+            self.frame: pr.preview(session, labels, frame),
+            self.objects: gr.Radio(choices=pr.object_choices(session), value=session.current),
+            self.prompt_legend: prompt_status(session, labels),
+        }
+
+    def _start(self, path: str) -> pr.PromptSession:
+        return pr.start_session(path, self.limits.clip_limits)
+
+    def _brush_value(self, session: pr.PromptSession) -> dict:
+        colour = vmasks.colors_for([session.object_id(session.current)])[session.object_id(session.current)]
+        hex_colour = "#{:02x}{:02x}{:02x}".format(*colour)
+        return gr.ImageEditor(
+            value={"background": str(session.frame_path), "layers": [], "composite": None},
+            brush=gr.Brush(colors=[hex_colour], color_mode="fixed"),
+        )
+
+    @user_errors
+    def on_upload(self, path: str | None) -> dict:
+        if not path:
+            return {**self._prompt_view(None), self.clip_info: "No clip yet."}
+        session = self._start(path)
+        for note in session.notes:
+            gr.Warning(note)
+        return {
+            **self._prompt_view(session),
+            self.clip_info: clip_notice(session),
+            self.brush: self._brush_value(session),
+            self.mask_upload: None,
+        }
+
+    def on_clear_upload(self) -> dict:
+        return {**self._prompt_view(None), self.clip_info: "No clip yet."}
+
+    @user_errors
+    def on_example(self, clip: str, mask: str | None, gt: str | None) -> dict:
+        session = self._start(clip)
+        if mask:
+            session = pr.set_uploaded_mask(session, mask)
+        return {
+            **self._prompt_view(session),
+            self.clip_info: clip_notice(session) + "\n\nThe example's mask is the prompt; click to add objects.",
+            self.brush: self._brush_value(session),
+            self.upload: clip,
+            self.ground_truth: [gt] if gt else None,
+        }
+
+    @staticmethod
+    def _require(session: pr.PromptSession | None) -> pr.PromptSession:
+        if session is None:
+            raise gr.Error("Upload a clip first (step 1), or pick an example.")
+        return session
+
+    @user_errors
+    def on_click(self, session: pr.PromptSession | None, tool: str, evt: gr.SelectData) -> dict:
+        session = self._require(session)
+        x, y = pr.from_preview(session, *evt.index[:2])
+        return self._prompt_view(pr.click(session, x, y, tool or pr.INCLUDE))
+
+    @user_errors
+    def on_select_object(self, session: pr.PromptSession | None, index: int | None) -> dict:
+        session = self._require(session)
+        return self._prompt_view(pr.select_object(session, index or 0))
+
+    @user_errors
+    def on_new_object(self, session: pr.PromptSession | None) -> dict:
+        return self._prompt_view(pr.add_object(self._require(session)))
+
+    @user_errors
+    def on_undo(self, session: pr.PromptSession | None) -> dict:
+        return self._prompt_view(pr.undo(self._require(session)))
+
+    @user_errors
+    def on_remove(self, session: pr.PromptSession | None) -> dict:
+        return self._prompt_view(pr.remove_object(self._require(session)))
+
+    @user_errors
+    def on_clear(self, session: pr.PromptSession | None) -> dict:
+        return {**self._prompt_view(pr.clear(self._require(session))), self.mask_upload: None}
+
+    @user_errors
+    def on_add_strokes(self, session: pr.PromptSession | None, editor: dict | None) -> dict:
+        session = self._require(session)
+        layers = (editor or {}).get("layers") or []
+        if not layers:
+            raise gr.Error("Paint on the frame first: the strokes are added to the selected object.")
+        for layer in layers:
+            session = pr.add_brush(session, layer)
+        return {**self._prompt_view(session), self.brush: self._brush_value(session)}
+
+    @user_errors
+    def on_mask_upload(self, session: pr.PromptSession | None, path: str | None) -> dict:
+        session = self._require(session)
+        if not path:
+            return self._prompt_view(pr.drop_uploaded_mask(session))
+        return self._prompt_view(pr.set_uploaded_mask(session, path))
+
+    @user_errors
+    def on_mask_clear(self, session: pr.PromptSession | None) -> dict:
+        return self._prompt_view(pr.drop_uploaded_mask(session) if session else None)
+
+    # ---------------------------------------------------------------- run callbacks
+    @user_errors
+    def on_prepare(self, values: dict) -> dict:
+        """Check everything before queueing for the GPU; the request goes to the job through a gr.State."""
+        session = self._require(values[self.session])
+        labels, _ = pr.save_prompt(session)
+        if not labels.any():
+            raise gr.Error("Mark at least one object on the first frame (step 2) before running.")
+        specs = []
+        for controls in self.methods:
+            if not values[controls.enabled]:
+                continue
+            options = option_overrides(controls.info, {opt.name: values[c] for opt, c in controls.options})
+            specs.append(MethodSpec(controls.info.key, values[controls.variant], options).validated())
+        if not specs:
+            raise gr.Error("Tick at least one method (step 3).")
+        device = values[self.device] or "auto"
+        pick_device(device)  # a missing device fails here, not in every method's tile
+        request = rs.RunRequest(
+            specs=specs,
+            device=device,
+            max_side=int(values[self.resolution]) or None,
+            weights=values[self.weights] or "hub",
+            ground_truth=gather_ground_truth(values[self.ground_truth], session.path),
+        )
+        token = uuid.uuid4().hex
+        _CANCELS[token] = threading.Event()
+        waiting = [runner.MethodRecord(s.key, rs._title(s.key), rs._task(s.key), s.variant or "") for s in specs]
+        return {
+            self.session: session,
+            self.request: request,
+            self.token: token,
+            self.live: rs.live_html(waiting, session.num_frames),
+            self.run_button: gr.Button(interactive=False),
+            self.stop_button: gr.Button(interactive=True),
+        }
+
+    def on_stop(self, token: str) -> gr.Button:
+        event = _CANCELS.get(token)
+        if event is not None:
+            event.set()
+            gr.Info("Stopping after the current frame; methods that finished keep their results.")
+        return gr.Button(interactive=False)
+
+    @user_errors
+    def on_results(self, session: pr.PromptSession, run_dir: str | None) -> dict:
+        if not run_dir:
+            raise gr.Error("The run produced no results.")
+        view = rs.load_view(run_dir)
+        frames = rs.extract_frames(session.clip(), session.path / "frames")
+        images = rs.tile_images(view, frames, 0)
+        out: dict[Any, Any] = {
+            self.results: gr.Column(visible=True),
+            self.empty_results: gr.Markdown(visible=False),
+            self.results_legend: self._results_legend(session, view),
+            self.slider: gr.Slider(minimum=0, maximum=max(1, view.num_frames - 1), value=0, step=1),
+        }
+        by_key = {r.key: r for r in view.records}
+        input_tile = self.tiles[0]
+        out[input_tile.column] = gr.Column(visible=True)
+        out[input_tile.title] = tile_title_html("Input", "prompt on frame 1")
+        out[input_tile.image] = gr.Image(value=images[0], label="Input")
+        out[input_tile.caption] = f'<div class="vos-caption">{session.clip_name} · {session.num_frames} frames</div>'
+        shown = dict(zip((r.key for r in view.records), images[1:]))
+        for info, tile in zip(self.infos, self.tiles[1:]):
+            record = by_key.get(info.key)
+            out[tile.column] = gr.Column(visible=record is not None)
+            out[tile.title] = tile_title_html(info.title, rs.tile_subtitle(record) if record else "")
+            out[tile.image] = gr.Image(value=shown.get(info.key), label=rs.tile_label(record) if record else info.title)
+            out[tile.caption] = rs.tile_caption(record) if record else ""
+        out[self.table] = rs.table_html(view)
+        out[self.table_note] = rs.memory_note(view)
+        out[self.video] = str(view.bundle.video) if view.bundle.video else None
+        out[self.downloads] = [str(p) for p in rs.downloads(view, session.path / "downloads")]
+        problems = [r for r in view.records if not r.ok]
+        if problems:
+            names = ", ".join(f"{r.title} ({rs.STATUS_LABELS.get(r.status, r.status)})" for r in problems)
+            gr.Warning(f"Not every method finished: {names}. Its tile says why and what to do.")
+        return out
+
+    @staticmethod
+    def _results_legend(session: pr.PromptSession, view: rs.RunView) -> str:
+        prompt = vmasks.read_palette_png(view.path / "prompt.png")
+        return (
+            '<div class="vos-results-legend">Objects: '
+            + rs.swatches_html(pr.legend_entries(session, prompt))
+            + "</div>"
+        )
+
+    @user_errors
+    def on_frame(self, session: pr.PromptSession | None, run_dir: str | None, index: float) -> list:
+        if session is None or not run_dir:
+            return [gr.Image() for _ in self.tiles]
+        view = rs.load_view(run_dir)
+        images = rs.tile_images(view, session.path / "frames", int(index))
+        by_key = dict(zip((r.key for r in view.records), images[1:]))
+        return [images[0], *(by_key.get(info.key) for info in self.infos)]
+
+    def on_play(self, playing: bool) -> tuple:
+        playing = not playing
+        return playing, gr.Timer(active=playing), gr.Button("❚❚ Pause" if playing else "▶ Play")
+
+    def on_tick(self, run_dir: str | None, index: float) -> float:
+        if not run_dir:
+            return index
+        total = rs.load_view(run_dir).num_frames
+        return (int(index) + 1) % max(1, total)
+
+    # ---------------------------------------------------------------- API
+    @user_errors
+    def api_prompt(self, clip: str, objects_json: str) -> str:
+        """Clip + objects as JSON -> the first-frame palette PNG the prompt engine makes.
+
+        objects_json: ``[{"clicks": [[x, y, 1], [x, y, 0]], "boxes": [[x0, y0, x1, y1]]}, ...]`` in pixels of the
+        clip's first frame after the upload limits (1 = include, 0 = exclude).
+        """
+        session = self._start(clip)
+        try:
+            objects = json.loads(objects_json or "[]")
+        except json.JSONDecodeError as err:
+            raise gr.Error(f"objects must be JSON: {err}") from None
+        session.objects = [
+            pr.MarkedObject(
+                [
+                    pr.Mark(pr.INCLUDE if (c[2] if len(c) > 2 else 1) else pr.EXCLUDE, (c[0], c[1]))
+                    for c in o.get("clicks", [])
+                ]
+                + [pr.Mark(pr.BOX, tuple(b)) for b in o.get("boxes", [])]
+            )
+            for o in objects
+        ]
+        labels, path = pr.save_prompt(session)
+        if not labels.any():
+            raise gr.Error("The objects give an empty mask: add a click or a box on each object.")
+        return str(path)
+
+    @user_errors
+    def api_compare(
+        self,
+        clip: str,
+        mask: str,
+        methods: str,
+        variants: str,
+        options: str,
+        device: str,
+        max_side: float | None,
+        weights: str,
+        ground_truth: str | None,
+    ) -> tuple[list[str], dict]:
+        """Clip + first-frame mask + method selection -> [side-by-side MP4, masks zip, run bundle zip], records.
+
+        methods/variants/options/weights use the CLI's syntax: "all" or "tvos,mixture"; "mixture=rgb,...";
+        "tvos.temperature=1,..."; "hub", "random" or "tvos=FILE".
+        """
+        if not clip or not mask:
+            raise gr.Error("Give a clip and its first-frame mask (palette PNG).")
+        session = pr.set_uploaded_mask(self._start(clip), mask)
+        pr.save_prompt(session)
+        split = [s.strip() for s in (variants or "").split(",") if s.strip()]
+        opts = [s.strip() for s in (options or "").split(",") if s.strip()]
+        specs, default_weights = runner.parse_method_specs(
+            methods or "all", variants=split, options=opts, weights=[weights or "hub"]
+        )
+        pick_device(device or "auto")
+        request = rs.RunRequest(
+            specs=specs,
+            device=device or "auto",
+            max_side=int(max_side or 0) or None,
+            weights=default_weights,
+            ground_truth=ground_truth or None,
+        )
+        view = rs.load_view(api_compare_job(session, request))
+        files = [str(p) for p in rs.downloads(view, session.path / "downloads")]
+        return files, {"run": view.path.name, "methods": view.bundle.methods}
+
+
+def build(limits: UploadLimits | None = None) -> ComparePage:
+    """Add the Compare page to the current Blocks context."""
+    return ComparePage(limits).build()
+
+
+CSS = """
+.vos-step { padding: 14px 16px 16px !important; margin-bottom: 18px !important; border-radius: 12px !important; }
+.vos-step-title { display: flex; align-items: center; gap: 10px; margin: 0 0 6px !important; font-size: 1.15rem; }
+.vos-step-title span { display: inline-flex; width: 28px; height: 28px; border-radius: 50%;
+  background: var(--color-accent); color: white; align-items: center; justify-content: center; font-size: 0.95rem; }
+.vos-frame-help { font-size: 0.9rem; padding: 0 2px 4px; }
+.vos-small, .vos-small p { font-size: 0.85rem !important; color: var(--body-text-color-subdued); }
+.vos-clip-info blockquote { margin: 4px 0; padding: 4px 8px; border-left: 3px solid #e6a700;
+  background: rgba(230, 167, 0, 0.08); }
+.vos-hint-box { padding: 8px 10px; border-radius: 8px; background: var(--background-fill-secondary);
+  font-size: 0.9rem; }
+.vos-legend { display: inline-flex; flex-wrap: wrap; gap: 4px 12px; }
+.vos-swatch { display: inline-flex; align-items: center; gap: 5px; font-size: 0.88rem; }
+.vos-swatch i { display: inline-block; width: 14px; height: 14px; border-radius: 3px;
+  border: 1px solid rgba(0,0,0,0.25); }
+.vos-buttons { flex-wrap: wrap; gap: 6px !important; }
+.vos-buttons button { flex: 1 1 40% !important; min-width: 110px !important; }
+.vos-methods { display: grid !important; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 10px; }
+.vos-method { padding: 2px 8px 8px !important; border: 1px solid var(--border-color-primary) !important;
+  border-radius: 10px !important; }
+.vos-options { flex-wrap: wrap; }
+.vos-options > * { min-width: 200px !important; }
+.vos-live { display: flex; flex-direction: column; gap: 6px; padding: 6px 2px; }
+.vos-live:empty { display: none; }
+.vos-live-row { display: grid; grid-template-columns: minmax(120px, 1.3fr) 2fr minmax(110px, 1.3fr); gap: 10px;
+  align-items: center; font-size: 0.9rem; }
+.vos-live-name small { color: var(--body-text-color-subdued); }
+.vos-live-bar { height: 8px; background: var(--background-fill-secondary); border-radius: 4px; overflow: hidden; }
+.vos-live-bar span { display: block; height: 100%; background: var(--color-accent); transition: width 0.4s; }
+.vos-status-ok .vos-live-bar span { background: #2e9d4f; }
+.vos-status-failed .vos-live-bar span, .vos-status-out_of_memory .vos-live-bar span,
+.vos-status-weights_missing .vos-live-bar span { background: #c0392b; width: 100% !important; }
+.vos-status-failed .vos-live-state, .vos-status-out_of_memory .vos-live-state,
+.vos-status-weights_missing .vos-live-state { color: #c0392b; font-weight: 600; }
+.vos-tiles { display: grid !important; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; }
+.vos-tiles > .hidden, .vos-tiles > [style*="display: none"] { display: none !important; }
+.vos-tile { min-width: 0 !important; gap: 4px !important; }
+.vos-tile-title { font-weight: 600; font-size: 0.95rem; padding: 2px 4px; }
+.vos-tile-title small { font-weight: 400; color: var(--body-text-color-subdued); }
+.vos-variant { padding: 0 4px 6px; }
+.vos-variant label { padding: 2px 8px !important; font-size: 0.85rem !important; }
+.vos-caption { font-size: 0.86rem; padding: 2px 4px; line-height: 1.45; }
+.vos-problem { border-left: 4px solid #c0392b; background: rgba(192, 57, 43, 0.07); padding: 6px 8px;
+  border-radius: 4px; }
+.vos-error { white-space: pre-wrap; word-break: break-word; font-size: 0.8rem; margin-top: 4px; max-height: 9em;
+  overflow: auto; }
+.vos-hint { margin-top: 6px; }
+.vos-hint code, .vos-error code { word-break: break-all; }
+.vos-results-legend { font-size: 0.9rem; padding: 2px 0 6px; }
+.vos-empty p { color: var(--body-text-color-subdued); font-style: italic; }
+.vos-frame-row { align-items: center; }
+.vos-table-wrap { overflow-x: auto; }
+.vos-table { border-collapse: collapse; width: 100%; font-size: 0.88rem; }
+.vos-table th, .vos-table td { padding: 5px 10px; border-bottom: 1px solid var(--border-color-primary);
+  text-align: left; white-space: nowrap; }
+.vos-table th { font-weight: 600; background: var(--background-fill-secondary); }
+.vos-table .vos-num { text-align: right; font-variant-numeric: tabular-nums; }
+.vos-pill { padding: 1px 8px; border-radius: 999px; font-size: 0.8rem; }
+.vos-pill-ok { background: rgba(46, 157, 79, 0.14); color: #1e7a3b; }
+.vos-pill-bad { background: rgba(192, 57, 43, 0.12); color: #a93226; }
+@media (max-width: 640px) {
+  .gradio-container { padding-left: 4px !important; padding-right: 4px !important; }
+  .vos-step { padding: 10px 6px 12px !important; }
+  .vos-methods { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 6px; }
+  .vos-frame-row { flex-wrap: wrap; }
+  .vos-live-row { grid-template-columns: 1fr 1fr; }
+  .vos-live-bar { grid-column: 1 / -1; grid-row: 2; }
+  .vos-tiles { grid-template-columns: 1fr; }
+}
+"""

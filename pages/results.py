@@ -1,0 +1,438 @@
+"""The Compare page's run and its results, without Gradio: start a run in the background and follow it, then turn
+its bundle into tile images, captions, a table and downloads.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import datetime as _dt
+import html
+import re
+import threading
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from vos import masks as vmasks
+from vos import runner
+from vos.methods import UNSUP
+from vos.present import Bundle, load_bundle
+from vos.runner import MethodRecord, MethodSpec
+from vos.video import Clip, resize_frame
+
+DISPLAY_SIDE = 640  # tiles are sent to the browser at most this long: they are shown a third of a page wide
+FRAME_QUALITY = 90
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for on the Compare page (or through the API)."""
+
+    specs: list[MethodSpec]
+    device: str = "auto"
+    max_side: int | None = 854  # the methods' working resolution (long side); None = the clip's size
+    weights: str = "hub"
+    ground_truth: str | None = None  # a zip or folder of palette PNGs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def new_run_dir(folder: Path, clip_name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", clip_name)[:40] or "clip"
+    path = folder / "runs" / f"{safe}-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = folder / "runs" / f"{safe}-{stamp}-{suffix}"
+    return path
+
+
+def run_comparison(
+    clip: Clip,
+    prompt: np.ndarray,
+    request: RunRequest,
+    out_dir: Path,
+    *,
+    events: runner.RunEvents | None = None,
+    cancel: threading.Event | None = None,
+) -> runner.RunResult:
+    """Run the request's methods on ``clip`` at its working resolution and write the bundle into ``out_dir``."""
+    work = clip.with_max_side(request.max_side)
+    ground_truth = runner.read_ground_truth(request.ground_truth, work) if request.ground_truth else None
+    return runner.run_methods(
+        work,
+        prompt,
+        request.specs,
+        out_dir,
+        device=request.device,
+        weights=request.weights,
+        ground_truth=ground_truth,
+        events=events,
+        cancel=cancel,
+        settings={"max_side": request.max_side, "max_frames": clip.num_frames, "app": True},
+    )
+
+
+@dataclass
+class Live:
+    """A snapshot of a run in progress: one record per requested method (copies), and whether it ended."""
+
+    records: list[MethodRecord]
+    done: bool = False
+    result: runner.RunResult | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Tracker:
+    pending: list[MethodRecord]
+    started: dict[str, MethodRecord] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_start(self, record: MethodRecord) -> None:
+        with self.lock:
+            self.started[record.key] = record
+
+    def snapshot(self) -> list[MethodRecord]:
+        with self.lock:
+            return [copy.copy(self.started.get(r.key, r)) for r in self.pending]
+
+
+def run_in_background(
+    clip: Clip,
+    prompt: np.ndarray,
+    request: RunRequest,
+    out_dir: Path,
+    *,
+    cancel: threading.Event,
+    interval: float = 0.5,
+) -> Iterator[Live]:
+    """Run in a worker thread and yield a snapshot every ``interval`` seconds, and a last one with ``done``.
+
+    The worker runs in a copy of the caller's context, so a progress tracker that follows tqdm through a context
+    variable (Gradio's) sees the runner's per-method bars. Closing the iterator early sets ``cancel``: the runner
+    stops after the frame it is on.
+    """
+    tracker = _Tracker(
+        [MethodRecord(s.key, _title(s.key), _task(s.key), s.variant or _default_variant(s.key)) for s in request.specs]
+    )
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = run_comparison(
+                clip, prompt, request, out_dir, events=runner.RunEvents(on_start=tracker.on_start), cancel=cancel
+            )
+        except BaseException as err:  # noqa: BLE001 -- handed to the caller, who raises it in its own thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="vos-run", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(interval)
+            if thread.is_alive():
+                yield Live(tracker.snapshot())
+    finally:
+        if thread.is_alive():  # the consumer went away (Stop, closed tab): stop the methods too
+            cancel.set()
+    result = outcome.get("result")
+    records = list(result.records) if isinstance(result, runner.RunResult) else tracker.snapshot()
+    yield Live(records, done=True, result=result, error=outcome.get("error"))  # type: ignore[arg-type]
+
+
+def _title(key: str) -> str:
+    from vos.methods import get_info
+
+    return get_info(key).title
+
+
+def _task(key: str) -> str:
+    from vos.methods import get_info
+
+    return get_info(key).task
+
+
+def _default_variant(key: str) -> str:
+    from vos.methods import get_info
+
+    return get_info(key).default_variant
+
+
+STATUS_LABELS = {
+    runner.PENDING: "waiting",
+    runner.RUNNING: "running",
+    runner.OK: "done",
+    runner.FAILED: "failed",
+    runner.OOM: "out of memory",
+    runner.NO_WEIGHTS: "weights missing",
+    runner.CANCELLED: "stopped",
+}
+
+
+def live_html(records: Sequence[MethodRecord], total_frames: int) -> str:
+    """The per-method progress list shown while a run goes on."""
+    rows = []
+    for r in records:
+        done = r.frames_done if r.status != runner.PENDING else 0
+        fraction = 1.0 if r.status == runner.OK else (done / total_frames if total_frames else 0.0)
+        if r.status == runner.RUNNING and r.frames_done == 0:
+            detail = "loading weights…" if r.load_s is None else "starting…"
+        elif r.status in (runner.RUNNING, runner.OK):
+            detail = f"{done}/{total_frames} frames"
+            if r.fps:
+                detail += f" · {r.fps:.1f} fps"
+        else:
+            detail = ""
+        rows.append(
+            f'<div class="vos-live-row vos-status-{html.escape(r.status)}">'
+            f'<span class="vos-live-name">{html.escape(r.title)} <small>{html.escape(r.variant)}</small></span>'
+            f'<span class="vos-live-bar"><span style="width:{100 * fraction:.0f}%"></span></span>'
+            f'<span class="vos-live-state">{html.escape(STATUS_LABELS.get(r.status, r.status))}'
+            f"{' · ' + html.escape(detail) if detail else ''}</span></div>"
+        )
+    return '<div class="vos-live">' + "".join(rows) + "</div>"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading a finished run
+
+
+@dataclass
+class RunView:
+    bundle: Bundle
+    records: list[MethodRecord]
+
+    @property
+    def path(self) -> Path:
+        return self.bundle.path
+
+    @property
+    def num_frames(self) -> int:
+        return self.bundle.num_frames
+
+    @property
+    def object_ids(self) -> list[int]:
+        return [int(i) for i in self.bundle.data["prompt"]["object_ids"]]
+
+    @property
+    def has_scores(self) -> bool:
+        return any(r.scores for r in self.records)
+
+
+def load_view(run_dir: str | Path) -> RunView:
+    bundle = load_bundle(run_dir)
+    fields = MethodRecord.__dataclass_fields__
+    records = [MethodRecord(**{k: v for k, v in m.items() if k in fields}) for m in bundle.methods]
+    return RunView(bundle, records)
+
+
+def frame_path(frames_dir: Path, index: int) -> Path:
+    return frames_dir / f"{index:05d}.jpg"
+
+
+def extract_frames(clip: Clip, frames_dir: Path) -> Path:
+    """Every frame of ``clip`` at its output size as JPEG, once: the frame slider reads these, not the video."""
+    marker = frames_dir / ".complete"
+    if marker.exists():
+        return frames_dir
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    for index, frame in enumerate(clip.output_frames()):
+        Image.fromarray(_display(frame)).save(frame_path(frames_dir, index), quality=FRAME_QUALITY)
+    marker.touch()
+    return frames_dir
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    if max(h, w) <= DISPLAY_SIDE:
+        return image
+    scale = DISPLAY_SIDE / max(h, w)
+    return resize_frame(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+def _dimmed(frame: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    return (np.repeat(grey[..., None], 3, axis=2) * 0.45).astype(np.uint8)
+
+
+def tile_images(view: RunView, frames_dir: Path, index: int) -> list[np.ndarray]:
+    """The input frame (with the prompt on frame 0) and one overlay per method, at display size; a method without
+    masks (failed, stopped) gets the frame dimmed."""
+    index = max(0, min(int(index), view.num_frames - 1))
+    frame = np.asarray(Image.open(frame_path(frames_dir, index)).convert("RGB"))
+    tiles = []
+    if index == 0:
+        tiles.append(vmasks.overlay(frame, vmasks.read_palette_png(view.path / "prompt.png")))
+    else:
+        tiles.append(frame)
+    for record in view.records:
+        mask = view.bundle.mask(record.key, index) if record.ok else None
+        tiles.append(vmasks.overlay(frame, mask) if mask is not None else _dimmed(frame))
+    return tiles
+
+
+def tile_label(record: MethodRecord) -> str:
+    return runner.tile_title(record)
+
+
+def tile_subtitle(record: MethodRecord) -> str:
+    return f"{record.variant} · {'unsupervised' if record.task == UNSUP else 'semi-supervised'}"
+
+
+def _code(text: str) -> str:
+    """Escape, then turn `backticked` spans into <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def swatches_html(entries: Sequence[vmasks.LegendEntry]) -> str:
+    items = "".join(
+        f'<span class="vos-swatch"><i style="background:{e.hex}"></i>{html.escape(e.label)}</span>' for e in entries
+    )
+    return f'<span class="vos-legend">{items}</span>'
+
+
+def tile_caption(record: MethodRecord) -> str:
+    """HTML under a method's tile: speed, memory and score; or what went wrong and what to do about it."""
+    if record.ok:
+        parts = []
+        if record.fps is not None:
+            parts.append(f"<b>{record.fps:.1f} fps</b>")
+        if record.peak_memory_mib is not None:
+            kind = "GPU" if record.memory_kind == "cuda_allocated" else "RAM"
+            parts.append(f"{record.peak_memory_mib:,.0f} MiB peak {kind}")
+        if record.load_s is not None:
+            parts.append(f"load {record.load_s:.1f} s")
+        if record.scores and "J&F" in record.scores:
+            parts.append(f"<b>J&amp;F {record.scores['J&F']:.3f}</b>")
+        text = '<div class="vos-caption vos-ok">' + " · ".join(parts) + "</div>"
+        if record.task == UNSUP:
+            text += _segments_html(record)
+        return text
+    label = STATUS_LABELS.get(record.status, record.status)
+    body = f'<div class="vos-caption vos-problem"><b>{html.escape(label.capitalize())}</b>'
+    if record.error:
+        body += f'<div class="vos-error">{_code(record.error)}</div>'
+    if record.hint:
+        body += f'<div class="vos-hint">What to do: {_code(_hint_text(record.hint))}</div>'
+    return body + "</div>"
+
+
+def _hint_text(hint: str) -> str:
+    """A bare command as a hint reads better in code style."""
+    return f"`{hint}`" if hint.startswith("python ") and "`" not in hint else hint
+
+
+MAX_EXTRA_SHOWN = 8
+
+
+def _segments_html(record: MethodRecord) -> str:
+    """Legend of an unsupervised method's tile: matched segments wear the prompted objects' colours."""
+    matched = sorted({v for v in (record.segment_ids or {}).values()} - set(record.extra_ids))
+    entries = [vmasks.legend([i], {i: f"object {i}"})[0] for i in matched]
+    extras = list(record.extra_ids)
+    entries += [vmasks.legend([i], {i: f"extra {i}"})[0] for i in extras[:MAX_EXTRA_SHOWN]]
+    more = f" and {len(extras) - MAX_EXTRA_SHOWN} more extra segments" if len(extras) > MAX_EXTRA_SHOWN else ""
+    if not entries:
+        return '<div class="vos-caption">No segment matched a prompted object.</div>'
+    note = "Segments matched to your objects on frame 1 wear their colours; the rest are extra segments."
+    return f'<div class="vos-caption">{swatches_html(entries)}{html.escape(more)}<br><small>{note}</small></div>'
+
+
+TABLE_HEADERS = ["Method", "Variant", "Task", "Status", "fps", "Peak memory (MiB)", "Load (s)", "J&F"]
+
+
+def table_rows(view: RunView) -> tuple[list[str], list[list[object]]]:
+    """Per-method numbers; the J&F column only when a ground truth was scored."""
+    headers = TABLE_HEADERS if view.has_scores else TABLE_HEADERS[:-1]
+    rows = []
+    for r in view.records:
+        row: list[object] = [
+            r.title,
+            r.variant,
+            "unsupervised" if r.task == UNSUP else "semi-supervised",
+            STATUS_LABELS.get(r.status, r.status),
+            None if r.fps is None else round(r.fps, 2),
+            None if r.peak_memory_mib is None else round(r.peak_memory_mib),
+            None if r.load_s is None else round(r.load_s, 2),
+        ]
+        if view.has_scores:
+            row.append(None if not r.scores else round(r.scores.get("J&F", float("nan")), 3))
+        rows.append(row)
+    return headers, rows
+
+
+def table_html(view: RunView) -> str:
+    """The per-method numbers as a compact table that scrolls sideways on a narrow screen."""
+    headers, rows = table_rows(view)
+    numeric = {"fps", "Peak memory (MiB)", "Load (s)", "J&F"}
+
+    def cell(header: str, value: object) -> str:
+        cls = ' class="vos-num"' if header in numeric else ""
+        if value is None:
+            text = "–"
+        elif header == "Peak memory (MiB)":
+            text = f"{value:,}"
+        else:
+            text = str(value)
+        if header == "Status":
+            kind = "ok" if value == "done" else "bad"
+            return f'<td><span class="vos-pill vos-pill-{kind}">{html.escape(text)}</span></td>'
+        return f"<td{cls}>{html.escape(text)}</td>"
+
+    head = "".join(f"<th{' class=vos-num' if h in numeric else ''}>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cell(h, v) for h, v in zip(headers, row)) + "</tr>" for row in rows)
+    return f'<div class="vos-table-wrap"><table class="vos-table"><tr>{head}</tr>{body}</table></div>'
+
+
+def memory_note(view: RunView) -> str:
+    kinds = {r.memory_kind for r in view.records if r.memory_kind}
+    device = view.bundle.data.get("settings", {}).get("device", "?")
+    if kinds == {"cuda_allocated"}:
+        what = "peak GPU memory allocated by PyTorch during the method's run"
+    else:
+        what = "peak resident memory of the app's process during the method's run (includes the app itself)"
+    work = view.bundle.data["clip"].get("work_size")
+    at = f" at {work[1]}x{work[0]}" if work else ""
+    return f"Ran on {device}{at}. Memory: {what}. fps counts segmentation only; loading is timed apart."
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Downloads
+
+
+def zip_folder(folder: Path, dest: Path, *, root: str, skip: Sequence[str] = ()) -> Path:
+    """Zip ``folder`` as ``root/...`` (PNGs and MP4s are already compressed: stored, not deflated)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if path.is_dir() or any(p.startswith(".") for p in rel.parts) or rel.parts[0] in skip:
+                continue
+            archive.write(path, f"{root}/{rel.as_posix()}")
+    part.replace(dest)
+    return dest
+
+
+def downloads(view: RunView, dest: Path) -> list[Path]:
+    """Side-by-side MP4, a zip of every method's palette PNGs (one folder per method), the whole run bundle."""
+    name = view.path.name
+    files = []
+    video = view.bundle.video
+    if video is not None:
+        files.append(video)
+    masks_dir = view.path / "masks"
+    if masks_dir.is_dir() and any(masks_dir.iterdir()):
+        files.append(zip_folder(masks_dir, dest / f"{name}_masks.zip", root=f"{name}_masks"))
+    files.append(zip_folder(view.path, dest / f"{name}_run.zip", root=name))
+    return files

@@ -1,0 +1,413 @@
+"""The app: it builds offline without a GPU, its prompt session and results logic, its callbacks end to end, and its
+API driven by gradio_client against a locally launched server (test-only fake methods keep it fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+
+import tests.fakes  # noqa: F401 -- registers the fake_* methods
+from pages import prompting as pr
+from pages import results as rs
+from vos import masks as vmasks
+from vos import runner
+from vos.runner import MethodSpec
+from vos.synthetic import moving_shapes
+from vos.video import Limits, write_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "assets" / "examples" / "shapes.mp4"
+
+
+@pytest.fixture(autouse=True)
+def _sessions_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv(pr.SESSIONS_ENV, str(tmp_path / "sessions"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """An 8-frame 128x96 clip with two objects, its masks, and a ground-truth zip (GrabCut needs a few thousand
+    pixels: on a 64x48 frame a click finds noise)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    synthetic = moving_shapes(8, (96, 128), num_objects=2, seed=1, object_scale=0.22)
+    clip = write_mp4(synthetic.frames, folder / "tiny.mp4", fps=8)
+    mask = vmasks.write_palette_png(synthetic.masks[0], folder / "tiny_00000.png")
+    gt = folder / "tiny_gt.zip"
+    with zipfile.ZipFile(gt, "w") as archive:
+        for index, label_map in enumerate(synthetic.masks):
+            path = vmasks.write_palette_png(label_map, folder / "gt" / f"{index:05d}.png")
+            archive.write(path, f"gt/{index:05d}.png")
+    return {"clip": clip, "mask": mask, "gt": gt, "masks": synthetic.masks}
+
+
+def centre_of(label_map: np.ndarray, object_id: int) -> tuple[float, float]:
+    ys, xs = np.nonzero(label_map == object_id)
+    return float(xs.mean()), float(ys.mean())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The app builds
+
+
+def test_app_builds_offline_without_gpu():
+    import app
+
+    demo = app.build_app()
+    assert [path for path, _, _ in demo.pages] == ["", "benchmark", "methods"]
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert {"prompt_mask", "compare"} <= public
+    gpu = [fn for fn in demo.fns.values() if fn.concurrency_id == "gpu"]
+    assert len(gpu) == 2 and all(fn.concurrency_limit == 1 for fn in gpu)  # the run and the API's compare
+    kwargs = app.launch_kwargs()
+    assert ".vos-tiles" in kwargs["css"] and kwargs["max_file_size"].endswith("mb")
+
+
+def test_every_registered_method_gets_a_row_a_tile_and_generated_options():
+    from pages.compare import ComparePage
+    from vos.methods import available
+
+    with gr.Blocks():
+        page = ComparePage().build()
+    keys = [c.info.key for c in page.methods]
+    assert keys == [info.key for info in available()]
+    assert len(page.tiles) == len(keys) + 1
+    copy = next(c for c in page.methods if c.info.key == "fake_copy")
+    widgets = {opt.name: type(component).__name__ for opt, component in copy.options}
+    assert widgets == {"shift": "Number", "delay": "Number", "size": "Textbox", "mode": "Dropdown"}
+
+
+def test_host_and_port_come_from_flags_then_environment(monkeypatch):
+    import app
+
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    monkeypatch.delenv("VOS_HOST", raising=False)
+    monkeypatch.delenv("VOS_PORT", raising=False)
+    args = app.parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "9000")
+    monkeypatch.setenv("VOS_HOST", "0.0.0.0")
+    args = app.parse_args([])
+    assert (args.host, args.port) == ("0.0.0.0", 9000)
+    assert app.parse_args(["--port", "7001", "--host", "localhost"]).port == 7001
+
+
+def test_methods_page_has_a_card_per_method_with_weights_status():
+    from pages import methods
+    from vos.methods import available
+
+    page = methods.page_html()
+    for info in available():
+        assert f'id="method-{info.key}"' in page
+        assert info.repo in page and info.paper.url in page
+    assert "no weights needed" in page  # the fakes declare no weights
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prompt session
+
+
+def test_clicks_boxes_and_undo_make_the_label_map(tiny):
+    session = pr.start_session(tiny["clip"], Limits())
+    assert session.size == (96, 128) and session.num_frames == 8
+    truth = tiny["masks"][0]
+    x, y = centre_of(truth, 1)
+    session = pr.click(session, x, y, pr.INCLUDE)
+    labels = pr.label_map(session)
+    iou = np.logical_and(labels == 1, truth == 1).sum() / np.logical_or(labels == 1, truth == 1).sum()
+    assert iou > 0.8
+
+    session = pr.add_object(session)
+    ys, xs = np.nonzero(truth == 2)
+    session = pr.click(session, xs.min() - 1, ys.min() - 1, pr.BOX)
+    assert session.corner is not None and pr.label_map(session).max() == 1  # half a box marks nothing yet
+    session = pr.click(session, xs.max() + 1, ys.max() + 1, pr.BOX)
+    labels = pr.label_map(session)
+    assert session.corner is None and (labels == 2).sum() > 0.5 * (truth == 2).sum()
+    assert "1 box" in pr.object_choices(session)[1][0]
+
+    session = pr.undo(session)
+    assert not session.objects[1].marks and set(np.unique(pr.label_map(session))) == {0, 1}
+    session = pr.select_object(session, 0)
+    session = pr.click(session, 1, 1, pr.EXCLUDE)
+    assert pr.object_choices(session)[0][0].endswith("1 include, 1 exclude")
+
+
+def test_empty_objects_keep_later_ids_and_a_brush_alone_marks_exactly(tiny):
+    session = pr.start_session(tiny["clip"], Limits())
+    assert len(pr.add_object(session).objects) == 1  # an empty last object is reused, not stacked
+    session = pr.click(session, 5, 5, pr.EXCLUDE)  # object 1: only an exclude click, so no mask yet
+    session = pr.add_object(session)
+    assert len(session.objects) == 2 and session.current == 1
+    layer = np.zeros((96, 128, 4), np.uint8)
+    layer[10:20, 30:40, 3] = 255
+    session = pr.add_brush(session, layer)
+    labels = pr.label_map(session)
+    assert set(np.unique(labels)) == {0, 2} and (labels == 2).sum() == 100
+    session = pr.undo(session)
+    assert session.objects[1].brush is None
+
+
+def test_uploaded_mask_keeps_its_ids_and_clicked_objects_follow(tiny):
+    session = pr.set_uploaded_mask(pr.start_session(tiny["clip"], Limits()), tiny["mask"])
+    assert session.uploaded_ids == [1, 2]
+    assert set(np.unique(pr.label_map(session))) == {0, 1, 2}
+    session = pr.click(session, 2, 93, pr.INCLUDE)  # a corner of the background
+    labels = pr.label_map(session)
+    assert labels[93, 2] == 3 and session.all_ids() == [1, 2, 3]
+    entries = pr.legend_entries(session, labels)
+    assert [e.label for e in entries] == ["object 1 (uploaded)", "object 2 (uploaded)", "object 3"]
+    session = pr.clear(session)
+    assert not pr.label_map(session).any() and session.uploaded is None
+
+
+def test_preview_is_enlarged_and_clicks_map_back(tiny):
+    session = pr.start_session(tiny["clip"], Limits())
+    image = pr.preview(session)
+    assert image.shape == (720, 960, 3)
+    assert pr.from_preview(session, 480, 360) == (64.0, 48.0)
+
+
+def test_upload_limits_downscale_and_truncate_with_notes(tiny):
+    session = pr.start_session(tiny["clip"], Limits(max_side=64, max_frames=5))
+    assert session.size == (48, 64) and session.num_frames == 5
+    assert any("Downscaled" in n for n in session.notes) and any("first 5" in n for n in session.notes)
+    assert session.clip().num_frames == 5
+
+
+def test_a_bad_upload_is_a_user_error_and_leaves_no_session_folder(tmp_path):
+    from vos.video import VideoError
+
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    with pytest.raises(VideoError):
+        pr.start_session(bad, Limits())
+    assert not any(pr.sessions_root().iterdir())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results
+
+
+def run_fakes(tiny, keys=("fake_copy", "fake_fail", "fake_unsup"), ground_truth=None):
+    session = pr.set_uploaded_mask(pr.start_session(tiny["clip"], Limits()), tiny["mask"])
+    labels, _ = pr.save_prompt(session)
+    request = rs.RunRequest([MethodSpec(k) for k in keys], device="cpu", max_side=None, ground_truth=ground_truth)
+    out = rs.new_run_dir(session.path, session.clip_name)
+    rs.run_comparison(session.clip(), labels, request, out)
+    return session, rs.load_view(out)
+
+
+def test_results_tiles_captions_table_and_downloads(tiny):
+    session, view = run_fakes(tiny, ground_truth=str(tiny["gt"]))
+    frames = rs.extract_frames(session.clip(), session.path / "frames")
+    tiles = rs.tile_images(view, frames, 3)
+    assert len(tiles) == 4 and all(t.shape == (96, 128, 3) for t in tiles)
+    failed = view.records[1]
+    caption = rs.tile_caption(failed)
+    assert "Failed" in caption and "synthetic failure" in caption and "What to do" in caption
+    unsup = rs.tile_caption(view.records[2])
+    assert "object 1" in unsup and "object 2" in unsup and "extra 3" in unsup
+    headers, rows = rs.table_rows(view)
+    assert headers[-1] == "J&F" and rows[1][3] == "failed" and rows[1][-1] is None
+    assert 0.2 < rows[0][-1] < 1  # the objects move: repeating the first mask is partly right
+    assert "<table" in rs.table_html(view)
+
+    files = rs.downloads(view, session.path / "downloads")
+    names = [p.name for p in files]
+    assert names[0] == "side_by_side.mp4" and names[1].endswith("_masks.zip") and names[2].endswith("_run.zip")
+    with zipfile.ZipFile(files[1]) as archive:
+        members = archive.namelist()
+    assert sum(m.endswith(".png") and "/fake_copy/" in m for m in members) == 8
+    assert not any("fake_fail" in m for m in members)
+    with zipfile.ZipFile(files[2]) as archive:
+        assert any(m.endswith("/run.json") for m in archive.namelist())
+
+
+def test_running_in_background_yields_progress_and_stops_when_closed(tiny):
+    import threading
+
+    session = pr.set_uploaded_mask(pr.start_session(tiny["clip"], Limits()), tiny["mask"])
+    labels, _ = pr.save_prompt(session)
+    slow = MethodSpec("fake_copy", options={"delay": 0.2})
+    request = rs.RunRequest([slow, MethodSpec("fake_unsup")], device="cpu")
+    cancel = threading.Event()
+    stream = rs.run_in_background(session.clip(), labels, request, session.path / "run", cancel=cancel, interval=0.1)
+    first = next(stream)
+    assert not first.done and [r.key for r in first.records] == ["fake_copy", "fake_unsup"]
+    assert "Fake Copy" in rs.live_html(first.records, 8)
+    stream.close()
+    assert cancel.is_set()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The callbacks, end to end, without a server
+
+
+def test_compare_page_callbacks_run_a_comparison(tiny):
+    from pages import compare
+
+    with gr.Blocks():
+        page = compare.ComparePage().build()
+    view = page.on_upload(str(tiny["clip"]))
+    session = view[page.session]
+    assert view[page.frame].shape == (720, 960, 3) and "tiny" in view[page.clip_info]
+    x, y = centre_of(tiny["masks"][0], 1)
+    scale = pr.preview_scale(session)
+    event = gr.SelectData(page.frame, {"index": [x * scale, y * scale], "value": None})
+    view = page.on_click(session, pr.INCLUDE, event)
+    session = view[page.session]
+    assert "object 1" in view[page.prompt_legend]
+
+    values = {
+        page.session: session,
+        page.device: "cpu",
+        page.resolution: 0,
+        page.weights: "random",
+        page.ground_truth: None,
+    }
+    for controls in page.methods:
+        values[controls.enabled] = controls.info.key in {"fake_copy", "fake_oom"}
+        values[controls.variant] = controls.info.default_variant
+        for opt, component in controls.options:
+            values[component] = 2 if (controls.info.key, opt.name) == ("fake_copy", "shift") else opt.default
+    prepared = page.on_prepare(values)
+    request = prepared[page.request]
+    assert [s.key for s in request.specs] == ["fake_copy", "fake_oom"]
+    assert request.specs[0].options == {"shift": 2} and request.weights == "random" and request.max_side is None
+
+    *_, (live, run_dir) = compare.run_job(session, request, prepared[page.token])
+    assert run_dir and "out of memory" in live
+    out = page.on_results(session, run_dir)
+    assert out[page.results].visible is True
+    by_title = {t.column: out[t.column].visible for t in page.tiles}
+    assert sum(by_title.values()) == 3  # input, fake_copy, fake_oom
+    oom_tile = next(t for t, c in zip(page.tiles[1:], page.methods) if c.info.key == "fake_oom")
+    assert "lower resolution" in out[oom_tile.caption]
+    assert len(out[page.downloads]) == 3
+    images = page.on_frame(session, run_dir, 5)
+    assert images[0].shape[:2] == (96, 128) and sum(i is not None for i in images) == 3
+
+
+def test_run_refuses_an_empty_prompt_and_no_methods(tiny):
+    from pages import compare
+
+    with gr.Blocks():
+        page = compare.ComparePage().build()
+    session = page.on_upload(str(tiny["clip"]))[page.session]
+    values = {page.session: session, page.device: "cpu", page.resolution: 854, page.weights: "hub"}
+    values[page.ground_truth] = None
+    for controls in page.methods:
+        values[controls.enabled] = False
+        values[controls.variant] = controls.info.default_variant
+        values.update({c: opt.default for opt, c in controls.options})
+    with pytest.raises(gr.Error, match="Mark at least one object"):
+        page.on_prepare(values)
+    values[page.session] = pr.set_uploaded_mask(session, tiny["mask"])
+    with pytest.raises(gr.Error, match="Tick at least one method"):
+        page.on_prepare(values)
+    with pytest.raises(gr.Error, match="Upload a clip first"):
+        page.on_new_object(None)
+
+
+def test_user_errors_become_gradio_errors(tmp_path):
+    from pages import compare
+
+    with gr.Blocks():
+        page = compare.ComparePage().build()
+    bad = tmp_path / "broken.zip"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(gr.Error) as info:
+        page.on_upload(str(bad))
+    assert "broken.zip" in info.value.message
+
+
+# --------------------------------------------------------------------------------------------------------------
+# gradio_client against a launched app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory):
+    """``python app.py`` in a subprocess on a free port, with the fake methods registered."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "app.log"
+    env = {
+        **os.environ,
+        "VOS_PLUGINS": "tests.fakes",
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        pr.SESSIONS_ENV: str(tmp_path_factory.mktemp("app_sessions")),
+    }
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env, stdout=stream, stderr=stream
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"the app did not listen within 90 s:\n{log.read_text()[-3000:]}")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_gradio_client_runs_a_full_comparison(served_app, tiny, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(served_app, verbose=False, download_files=str(tmp_path))
+    x, y = centre_of(tiny["masks"][0], 2)
+    objects = json.dumps([{"clicks": [[x, y, 1]]}])
+    mask_path = client.predict(handle_file(str(tiny["clip"])), objects, api_name="/prompt_mask")
+    prompt = vmasks.read_palette_png(mask_path)
+    assert prompt.shape == (96, 128) and prompt[round(y), round(x)] == 1
+
+    files, summary = client.predict(
+        handle_file(str(tiny["clip"])),
+        handle_file(str(tiny["mask"])),
+        "fake_copy,fake_unsup,fake_fail",
+        "fake_copy=other",
+        "fake_copy.shift=1",
+        "cpu",
+        0,
+        "random",
+        handle_file(str(tiny["gt"])),
+        api_name="/compare",
+    )
+    statuses = {m["key"]: m["status"] for m in summary["methods"]}
+    assert statuses == {"fake_copy": runner.OK, "fake_unsup": runner.OK, "fake_fail": runner.FAILED}
+    copy = next(m for m in summary["methods"] if m["key"] == "fake_copy")
+    assert copy["variant"] == "other" and copy["config"]["options"]["shift"] == 1 and copy["scores"]["J&F"] < 1
+    names = [Path(f).name for f in files]
+    assert names[0] == "side_by_side.mp4" and names[1].endswith("_masks.zip") and names[2].endswith("_run.zip")
+    assert all(Path(f).stat().st_size > 0 for f in files)
