@@ -1,0 +1,490 @@
+"""Training-free VOS with streaming von Mises-Fisher mixtures (Uziel, Dinari, Freifeld; NeurIPS 2023).
+
+Paper: "From ViT Features to Training-free Video Object Segmentation via Streaming-data Mixture Models".
+Release: github.com/BGU-CS-VIL/Training-Free-VOS @3ba3910 (DAVIS-2017 only, CUDA only, pre-extracted features).
+Reference behaviour: shared/specs/mixture.md. This follows the RELEASE where it differs from the paper (the release
+produced the reported numbers): fit vectors L2norm([f, 2.5 rho]) but scoring vectors L2norm([f, 1.0 rho]); the
+history kernel exp(-0.5 |tau - tau'|) on the clock tau = 1 + 0.33 t (0.848 per frame); 20 history slots with five
+frame-0 anchors and the position-part relocation; the multiplicative indicator; the approximate log-normaliser
+with its +1000 offset; the PAC-CRF trained on frame 0. The paper's w_rho = 15 and 2^(-lambda t) kernel are options
+(``paper_w_rho``, ``paper_time_kernel``), off by default.
+
+Features (the release ships none; see the spec's "Features"):
+- xcit: DINO's dino_xcit_small_12_p8 on timm's xcit_small_12_p8 (``vos.backbones.xcit``). We use the patch tokens
+  of the LAST XCA block after the model's final LayerNorm, not L2-normalised (options ``feature_layer``,
+  ``feature_norm``); the frame is resized to 480 x (multiple of 64), DINO mean/std (std 0.228 for red), and the
+  60 x W/8 map is upsampled x2 (bilinear, align_corners=True) to the 120 x W/4 mixture grid.
+- xcit_dinov2_s / _b: the same, concatenated with DINOv2 ViT-S/14 or B/14 last-block patch tokens (final norm) of
+  the same frame resized to multiples of 14, bilinearly resized to the XCiT grid (our choice; the paper does not
+  say how it aligned the grids). The init slice starts at n_features + 3 (768 + 3, 1152 + 3).
+- rgb: no weights (the app's embedded default): each cell's mean colour through a fixed random Fourier map
+  (``RgbFeatures``), norm 35. Its own defaults, measured on a 2-core CPU: processing short side 240 (grid 60 x
+  W/4 instead of 120), so a 30-frame 480p clip runs in about a minute; ``size=480`` gives the release geometry.
+
+Release bugs fixed here:
+- grid lookups use integer cell indices (the release took floor(u * (H-1)) of normalised floats that had been
+  multiplied and divided by 2.5, which can be off by one);
+- the history weight uses |tau - tau'| (the release's sqrt(a^2 + b^2 - 2ab) in fp32 cancels and can go NaN);
+- an object with exactly two cells no longer crashes the initialisation (randint over an empty range): its first
+  centres are drawn from both cells;
+- no silent try/except around a clip: failures raise;
+- the init slice is n_features + 3 (the release hard-codes 384 + 3, wrong for the DINOv2 fusions);
+- an object that is visible in the 480x480-squashed mask but loses every cell when that mask is nearest-resized to
+  the grid (the release crashes) gets the one cell that holds most of its pixels;
+- the release's dead code is not reproduced (the always-empty "keep" and always-full "change" masks, ``potts_w``,
+  the disabled new-cluster branch), and its Python loops over objects and components are batched.
+
+Geometry, generalised (spec's pitfalls): any size and aspect ratio (portrait: width 480); the gate window 19 x 39
+is defined on the 120-row grid and scaled with the grid's short side; K still comes from the frame-0 mask squashed
+to 480 x 480 (so K matches the release on every input), frame 0's output is that squashed mask resized back, and
+the grid mask and CRF target are derived from it, as in the release.
+
+Differences that are not bugs: the scoring pass runs ``chunk_size`` cells at a time with identical results
+(row-blocked GEMMs), the indicator is recomputed from the stored gate and means instead of a dense int64 (objects x
+S x N x K) map, the position cosines use the unit position code directly (the release normalises the position
+slice of each normalised feature vector: equal up to rounding), EM sums over blocks of points, and the greedy
+initialisation keeps a running sum of cosines instead of recomputing it (same choice, O(K) instead of O(K^2)).
+Random draws come from a generator seeded with ``seed`` in the release's order (CRF construction, mixture
+parameters, first centres, CRF training noise); results depend slightly on the seed, as in the release.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vos import device as vdevice
+from vos.backbones import xcit
+from vos.methods.base import SEMI, Method, MethodInfo, Option, Paper, ProgressCallback, Reported, register
+from vos.methods.mixture import vmf
+from vos.methods.mixture.crf import PacCrf
+from vos.methods.mixture.features import Geometry, RgbFeatures, XcitFeatures, build_dinov2, resize_frame
+
+log = logging.getLogger(__name__)
+
+PAPER_W_RHO = 15.0
+RELEASE_KERNEL_RATE = 0.5  # exp(-0.5 |dtau|)
+PAPER_KERNEL_RATE = math.log(2.0)  # 2^(-|dtau|) = 2^(-lambda dt)
+REFERENCE_GRID_ROWS = 120  # the release's grid height, on which the gate window is defined
+IGNORE_BELOW = 1.01  # objects with sz below this are dropped (the release's rule)
+
+
+@dataclass(frozen=True)
+class VariantCfg:
+    features: str  # "xcit" or "rgb"
+    dinov2: str | None  # "s" | "b" | None
+    short: int  # processing short side
+    multiple: int  # the long side is a multiple of this
+    crf_iters: int  # Adam steps training each CRF on frame 0
+
+
+VARIANTS = {
+    "xcit": VariantCfg("xcit", None, 480, 64, 100),
+    "xcit_dinov2_s": VariantCfg("xcit", "s", 480, 64, 100),
+    "xcit_dinov2_b": VariantCfg("xcit", "b", 480, 64, 100),
+    # CPU-friendly: half the release's resolution and a quarter of its CRF training (measured in the docstring).
+    "rgb": VariantCfg("rgb", None, 240, 8, 25),
+}
+
+_V100 = "Tesla V100-32GB"
+_FPS_NOTE = "feature extraction excluded; the spec reads the rows as the feature-map size"
+
+INFO = MethodInfo(
+    key="mixture",
+    title="Streaming vMF mixtures (training-free)",
+    task=SEMI,
+    summary=(
+        "Training-free: each object and the background are ensembles of von Mises-Fisher mixtures over DINO XCiT "
+        "features plus a position code, updated frame by frame with time-weighted statistics and refined by a "
+        "PAC-CRF fitted on the first frame. The rgb variant needs no weights at all."
+    ),
+    variants=tuple(VARIANTS),
+    default_variant="xcit",
+    paper=Paper(
+        title="From ViT Features to Training-free Video Object Segmentation via Streaming-data Mixture Models",
+        authors="Roy Uziel, Or Dinari, Oren Freifeld",
+        venue="NeurIPS",
+        year=2023,
+        url="https://openreview.net/forum?id=jfsjKBDB1z",
+        bibtex=(
+            "@inproceedings{uziel2023vit,\n"
+            "  title={From ViT Features to Training-free Video Object Segmentation via Streaming-data Mixture "
+            "Models},\n"
+            "  author={Uziel, Roy and Dinari, Or and Freifeld, Oren},\n"
+            "  booktitle={Advances in Neural Information Processing Systems},\n"
+            "  year={2023}\n}"
+        ),
+    ),
+    repo="https://github.com/BGU-CS-VIL/Training-Free-VOS",
+    licence=(
+        "The release has no licence file; its vendored PAC-CRF (NVlabs/pacnet) is CC BY-NC-SA 4.0. "
+        "DINO XCiT weights: Apache-2.0."
+    ),
+    reported=(
+        Reported("DAVIS-2017 val", {"J&F": 76.3, "J": 73.8, "J_recall": 85.6, "F": 78.7, "F_recall": 89.2}, "xcit"),
+        Reported("DAVIS-2017 val", {"J&F": 77.6, "J": 75.4, "F": 79.8}, "xcit_dinov2_s"),
+        Reported("DAVIS-2017 val", {"J&F": 78.2, "J": 76.0, "F": 80.4}, "xcit_dinov2_b"),
+        Reported("DAVIS-2017 val", {"J&F": 78.4, "J": 76.2, "F": 80.6}, None, note="x2 feature resolution + DINOv2-S"),
+        Reported("DAVIS-2017 val", {"J&F": 80.3, "J": 78.0, "F": 82.5}, None, note="x2 feature resolution + DINOv2-B"),
+        Reported(
+            "YouTube-VOS 2018 val",
+            {"G": 71.5, "J_seen": 72.0, "F_seen": 74.2, "J_unseen": 66.2, "F_unseen": 73.7},
+            "xcit",
+        ),
+        Reported("DAVIS-2017 val", {}, "xcit", 8.25, "120x210 feature map", _V100, _FPS_NOTE),
+        Reported("DAVIS-2017 val", {}, "xcit_dinov2_s", 6.50, "120x210 feature map", _V100, _FPS_NOTE),
+        Reported("DAVIS-2017 val", {}, "xcit_dinov2_b", 5.25, "120x210 feature map", _V100, _FPS_NOTE),
+        Reported("DAVIS-2017 val", {}, "xcit", 1.55, "240x420 feature map", _V100, _FPS_NOTE),
+        Reported("DAVIS-2017 val", {}, "xcit_dinov2_s", 1.28, "240x420 feature map", _V100, _FPS_NOTE),
+        Reported("DAVIS-2017 val", {}, "xcit_dinov2_b", 1.10, "240x420 feature map", _V100, _FPS_NOTE),
+    ),
+    options=(
+        Option("seed", int, 123, "Seed of the run's random draws (CRF init and noise, first centres); the release's."),
+        Option("num_models", int, 10, "S: mixtures per object (each with its own number of components)."),
+        Option("time_step", float, 0.33, "Clock step lambda per frame: tau = 1 + lambda t (history ages by it)."),
+        Option(
+            "paper_time_kernel",
+            bool,
+            False,
+            "History weight 2^(-lambda dt) as in the paper, instead of the release's exp(-0.5 |tau - tau'|).",
+            paper=True,
+        ),
+        Option("loc", float, 10.0, "Position weight when fitting is 0.25 * loc (2.5, the release)."),
+        Option("score_pe_weight", float, 1.0, "Position weight in the scoring vectors (the release's 1.0)."),
+        Option(
+            "paper_w_rho",
+            bool,
+            False,
+            f"Use the paper's w_rho = {PAPER_W_RHO:g} for both fitting and scoring (overrides loc/score_pe_weight).",
+            paper=True,
+        ),
+        Option("std", float, 1.0, "Outlier margin: cells whose best and second object scores differ by <= this."),
+        Option("n_h", int, 19, "Gate window height, in cells of a 120-row grid (scaled to the actual grid, odd)."),
+        Option("n_w", int, 39, "Gate window width, in cells of a 120-row grid (scaled to the actual grid, odd)."),
+        Option("max_iters", int, 100, "EM iterations at most on frame 0 (twice: the initial fit and frame 0 again)."),
+        Option("rll_tol", float, 1e-5, "Frame-0 EM stops when |dLL|/|LL| falls below this (from iteration 5)."),
+        Option("em_iters", int, 2, "EM iterations on every later frame."),
+        Option("crf", bool, True, "Refine with the PAC-CRFs (always on in the release)."),
+        Option("crf_steps", int, 5, "Mean-field steps of each PAC-CRF."),
+        Option("crf_iters", int, 0, "Adam steps training each PAC-CRF on frame 0 (0 = the variant's: 100, rgb 25)."),
+        Option("crf_lr", float, 0.02, "Learning rate of the CRF training (Adam, amsgrad)."),
+        Option("crf_noise", float, 10.0, "Std of the image noise added at each CRF training step (0-255 scale)."),
+        Option("feature_layer", int, -1, "XCiT block whose patch tokens are the features (0-11, -1 = last)."),
+        Option("feature_norm", bool, True, "Apply XCiT's final LayerNorm to those tokens."),
+        Option("size", int, 0, "Processing short side in pixels (0 = the variant's: 480, rgb 240); a multiple of 8."),
+        Option("chunk_size", int, 0, "Cells scored at a time (0 = auto, ~16 MB per dense block); same results."),
+        Option("rgb_dim", int, 64, "rgb variant: dimensions of the random Fourier colour features."),
+        Option("rgb_bandwidth", float, 0.1, "rgb variant: colour bandwidth of the Fourier features (0-1 scale)."),
+        Option("rgb_norm", float, 35.0, "rgb variant: norm of the colour features (against ||2.5 rho|| = 14)."),
+    ),
+    weights={
+        "xcit": {"xcit": "backbone.dino_xcit_small_12_p8"},
+        "xcit_dinov2_s": {"xcit": "backbone.dino_xcit_small_12_p8", "dinov2": "backbone.dinov2_vits14"},
+        "xcit_dinov2_b": {"xcit": "backbone.dino_xcit_small_12_p8", "dinov2": "backbone.dinov2_vitb14"},
+    },
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def pil_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 label map resized to (H, W) with PIL's nearest neighbour (the release's resize for masks)."""
+    if labels.shape == tuple(size):
+        return labels
+    return np.array(Image.fromarray(labels.astype(np.uint8)).resize((size[1], size[0]), Image.NEAREST))
+
+
+def window_size(cells: int, grid_short: int, limit: int) -> int:
+    """A release window length (cells of a 120-row grid) on this grid: scaled, odd, and short enough for reflect
+    padding (half-window < the grid's extent)."""
+    scaled = max(1, round(cells * grid_short / REFERENCE_GRID_ROWS)) | 1
+    return min(scaled, 2 * limit - 1)
+
+
+def presence_windows(labels: torch.Tensor, num_objects: int, n_h: int, n_w: int) -> torch.Tensor:
+    """W_o(n): label o occurs in the n_h x n_w window around cell n (reflect padding), (I, N) bool."""
+    onehot = (labels[None] == torch.arange(num_objects, device=labels.device)[:, None, None]).float()[None]
+    padded = F.pad(onehot, ((n_w - 1) // 2, (n_w - 1) // 2, (n_h - 1) // 2, (n_h - 1) // 2), mode="reflect")
+    return (F.max_pool2d(padded, (n_h, n_w), stride=1) > 0)[0].flatten(1)
+
+
+def upsample(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) or (1, C, h, w) -> (1, C, H, W), bilinear with align_corners=False (the release's)."""
+    scores = scores if scores.dim() == 4 else scores[None]
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+
+
+def one_hot_map(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(H, W) -> (1, C, H, W) float."""
+    return F.one_hot(labels, num_classes).permute(2, 0, 1)[None].float()
+
+
+def give_small_objects_a_cell(grid: np.ndarray, squashed: np.ndarray, objects: list[int]) -> np.ndarray:
+    """Objects of the squashed mask that the nearest resize to the grid lost get the cell holding most of their
+    pixels (the release crashes on them)."""
+    grid = grid.copy()
+    hg, wg = grid.shape
+    side_h, side_w = squashed.shape
+    for o in objects:
+        ys, xs = np.nonzero(squashed == o)
+        cells = (ys * hg // side_h) * wg + xs * wg // side_w
+        grid.flat[np.bincount(cells).argmax()] = o
+    return grid
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The method
+
+
+@register
+class MixtureVOS(Method):
+    info = INFO
+
+    def _build(self) -> None:
+        cfg = VARIANTS[self.variant]
+        opts = self.options
+        self.cfg = cfg
+        if cfg.features == "rgb":
+            self.features = RgbFeatures(
+                opts["rgb_dim"], bandwidth=opts["rgb_bandwidth"], norm=opts["rgb_norm"], device=self.device
+            )
+            return
+        backbone = xcit.build_xcit_small_12_p8().to(self.device)
+        self.load_part("xcit", backbone)
+        dinov2 = None
+        if cfg.dinov2 is not None:
+            dinov2 = build_dinov2(cfg.dinov2, self.device)
+            self.load_part("dinov2", dinov2)
+        self.features = XcitFeatures(
+            backbone,
+            layer=opts["feature_layer"],
+            norm=opts["feature_norm"],
+            dinov2=dinov2,
+            autocast=lambda: vdevice.autocast(self.device, self.dtype),
+        )
+
+    def _segment(self, clip, first_mask: np.ndarray, progress: ProgressCallback | None) -> Iterator[np.ndarray]:
+        ids = np.unique(first_mask)
+        lut = np.concatenate([[0], ids[ids != 0]]).astype(np.uint8)
+        labels = np.searchsorted(lut, first_mask).astype(np.uint8)
+        short = self.options["size"] or self.cfg.short
+        geometry = Geometry.for_frame(clip.work_size, short, self.cfg.multiple)
+        session: _Session | None = None
+        for t, frame in enumerate(clip.frames()):
+            frame = resize_frame(frame, geometry)
+            with torch.inference_mode():
+                if session is None:
+                    session = _Session(self, labels, geometry, clip.size, frame)
+                output = session.step(t, frame)
+            yield lut[output]
+            if progress is not None:
+                progress(t + 1, clip.num_frames)
+
+
+class _Session:
+    """Everything one clip needs: the frame-0 statistics, the mixtures, their history, the CRFs, the gate state."""
+
+    def __init__(self, method: MixtureVOS, labels: np.ndarray, geometry: Geometry, out_size, frame0: np.ndarray):
+        opts = method.options
+        self.opts = opts
+        self.device = device = method.device
+        self.features = method.features
+        self.geometry = geometry
+        self.out_size = tuple(out_size)
+        self.num_objects = num_objects = int(labels.max()) + 1
+        self.num_models = opts["num_models"]
+        self.step_size = opts["time_step"]
+        self.rate = PAPER_KERNEL_RATE if opts["paper_time_kernel"] else RELEASE_KERNEL_RATE
+        self.fit_weight = PAPER_W_RHO if opts["paper_w_rho"] else 0.25 * opts["loc"]
+        self.score_weight = PAPER_W_RHO if opts["paper_w_rho"] else opts["score_pe_weight"]
+        self.n_features = self.features.n_features
+        hg, wg = geometry.grid
+
+        # Frame-0 statistics on the mask squashed to 480x480 (the release's reader), whatever the frame size.
+        squashed = pil_nearest(labels, (vmf.SIZE_STAT_SIDE, vmf.SIZE_STAT_SIDE))
+        sizes = vmf.object_sizes(squashed, num_objects)
+        self.fitted = fitted = sizes >= IGNORE_BELOW
+        k_max = max(1, int(min(sizes.max(), vmf.K_CAP)))
+        grid_gt = pil_nearest(squashed, geometry.grid)
+        lost = [o for o in range(num_objects) if fitted[o] and not (grid_gt == o).any()]
+        if lost:
+            grid_gt = give_small_objects_a_cell(grid_gt, squashed, lost)
+            for o in lost:
+                if not (grid_gt == o).any():  # two lost objects fought over one cell
+                    fitted[o] = False
+        squashed_out = np.where(np.isin(squashed, np.flatnonzero(~fitted)), 0, squashed).astype(np.uint8)
+        self.crf_target = torch.from_numpy(pil_nearest(squashed_out, geometry.crf)).to(device).long()
+        self.first_output = pil_nearest(squashed_out, self.out_size)
+        self.grid_gt = torch.from_numpy(grid_gt).to(device).long()
+        self.prev_final = torch.from_numpy(squashed_out).to(device)
+        log.debug("mixture: sizes %s, K_max %d, grid %s, ignored %s", sizes, k_max, geometry.grid, ~fitted)
+
+        self.crf_iters = opts["crf_iters"] or method.cfg.crf_iters
+        self.generator = torch.Generator().manual_seed(opts["seed"])
+        self.crfs: list[PacCrf] = []
+        if opts["crf"]:
+            with torch.inference_mode(False):
+                self.crfs = [
+                    PacCrf(num_objects, generator=self.generator, num_steps=opts["crf_steps"]).to(device)
+                    for _ in range(2)
+                ]
+
+        self.rho = vmf.position_code(hg, wg, device=device)
+        self.pe_unit = vmf.unit(self.rho)
+        self.thresholds = vmf.indicator_thresholds(self.num_models).to(device)
+        grid_short = min(hg, wg)
+        self.n_h = window_size(opts["n_h"], grid_short, hg)
+        self.n_w = window_size(opts["n_w"], grid_short, wg)
+        self.chunk = opts["chunk_size"] or vmf.auto_chunk(num_objects, self.num_models, k_max)
+        dim = self.n_features + vmf.PE_DIM
+        self.fitted_idx = torch.from_numpy(np.flatnonzero(fitted)).to(device)
+        self.fitted_mask = torch.from_numpy(fitted).to(device)
+        self.last_window = torch.zeros(num_objects, geometry.cells, dtype=torch.bool, device=device)
+        self.indicator: vmf.Indicator | None = None
+
+        # Initial fit: greedy centres on the frame-0 ground truth, EM to tolerance, first save at tau = 1.
+        for _ in self.fitted_idx.tolist():
+            vmf.draw_init_parameters(self.generator, self.num_models, k_max, dim)
+        raw = self.features(frame0, geometry)
+        self.frame0_raw = raw
+        fit = self.vectors(raw, self.fit_weight)
+        cells = self.grid_gt.flatten()[None] == torch.arange(num_objects, device=device)[:, None]
+        points = vmf.Points.from_masks(cells & self.fitted_mask[:, None])
+        counts = points.counts[self.fitted_idx].tolist()
+        first = torch.zeros(num_objects, self.num_models, dtype=torch.long)
+        first[fitted] = torch.stack(vmf.first_centres(self.generator, counts, self.num_models))
+        active = vmf.active_slots(sizes, fitted, self.num_models, k_max).to(device)
+        centres = torch.zeros(num_objects, self.num_models, k_max, dim, device=device)
+        f = self.fitted_idx
+        centres[f] = vmf.greedy_centres(
+            fit[points.index[f]], points.valid[f], first.to(device)[f], k_max, self.n_features
+        )
+        self.mixtures = vmf.initial_mixtures(centres, active, self.n_features)
+        self.history = vmf.History.empty(num_objects, self.num_models, k_max, dim, self.n_features, device)
+        stats, sums = vmf.em(
+            self.mixtures, f, fit, points, iterations=opts["max_iters"], tolerance=opts["rll_tol"], history=None
+        )
+        self.history.save(f, stats, sums, 1.0, self.step_size)
+
+    def vectors(self, raw: torch.Tensor, pe_weight: float) -> torch.Tensor:
+        """L2norm([f, w rho]) per cell."""
+        return F.normalize(torch.cat([raw, pe_weight * self.rho], dim=1), dim=1)
+
+    def step(self, t: int, frame: np.ndarray) -> np.ndarray:
+        """Process frame t; returns its contiguous-id label map at the output size."""
+        opts = self.opts
+        device = self.device
+        num_objects = self.num_objects
+        hg, wg = self.geometry.grid
+        now = 1.0 + t * self.step_size
+
+        # 1. Gate from the previous final mask; objects absent from it keep their last window and skip EM.
+        grid_labels = self.grid_gt if t == 0 else _nearest(self.prev_final, self.geometry.grid)
+        windows = presence_windows(grid_labels, num_objects, self.n_h, self.n_w)
+        present = (grid_labels.flatten()[None] == torch.arange(num_objects, device=device)[:, None]).any(1)
+        windows = torch.where(present[:, None], windows, self.last_window)
+        self.last_window = windows
+        gate = windows & self.fitted_mask[:, None]
+        skipped = self.fitted_mask & ~present
+
+        raw = self.frame0_raw if t == 0 else self.features(frame, self.geometry)
+        self.frame0_raw = None
+        fit = self.vectors(raw, self.fit_weight)
+        score = self.vectors(raw, self.score_weight)
+
+        # 2-4. Pass A with the previous parameters, outliers, CRF #1.
+        scores = self.score(score, gate, indicator=t > 0)
+        top = scores.topk(2, dim=0).values  # a prompt has an object, so there are at least two rows
+        confident = (top[0] - top[1]).abs() > opts["std"]
+        raw_labels = scores.argmax(0)
+        image = self.crf_image(frame)
+        unary = one_hot_map(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0].argmax(0), num_objects)
+        refined = self.refine(0, unary, image, train=t == 0)
+        pred = upsample(refined, (hg, wg))[0].argmax(0).flatten()
+        if t == 0:
+            pred = self.grid_gt.flatten()
+
+        # 5-6. EM on the confident cells where the CRF and the raw argmax agree, then save the history.
+        objects = torch.arange(num_objects, device=device)[:, None]
+        data = (pred[None] == objects) & (raw_labels[None] == objects) & confident[None]
+        points = vmf.Points.from_masks(data)
+        run = torch.nonzero(self.fitted_mask & ~skipped).flatten()
+        if run.numel():
+            history = self.history.read(run, now, rate=self.rate)
+            stats, sums = vmf.em(
+                self.mixtures,
+                run,
+                fit,
+                points,
+                iterations=opts["max_iters"] if t == 0 else opts["em_iters"],
+                tolerance=opts["rll_tol"],
+                history=history,
+                indicator=None if t == 0 else self.indicator,
+                pe_unit=self.pe_unit,
+                thresholds=self.thresholds,
+            )
+            self.history.save(run, stats, sums, now, self.step_size)
+        self.history.age(torch.nonzero(skipped).flatten(), self.step_size)
+
+        # 7. Pass B with the new parameters; its indicator is the next EM's.
+        scores = self.score(score, gate, indicator=True)
+        self.indicator = vmf.Indicator(gate, self.mixtures.mu_pe_unit)
+
+        # 8. Output: CRF #2 at half the frame size, bilinear x2, argmax.
+        unary = one_hot_map(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0].argmax(0), num_objects)
+        refined = self.refine(1, unary, image, train=t == 0)
+        final = upsample(refined, self.geometry.frame)[0].argmax(0)
+        if t == 0:
+            return self.first_output
+        self.prev_final = final
+        return pil_nearest(final.to(torch.uint8).cpu().numpy(), self.out_size)
+
+    def score(self, frame: torch.Tensor, gate: torch.Tensor, *, indicator: bool) -> torch.Tensor:
+        return vmf.score_cells(
+            self.mixtures,
+            frame,
+            gate,
+            pe_unit=self.pe_unit,
+            thresholds=self.thresholds if indicator else None,
+            chunk=self.chunk,
+        )
+
+    def crf_image(self, frame: np.ndarray) -> torch.Tensor:
+        """The frame at the CRF size, PIL bicubic (the release's), (1, 3, H, W) float 0..255."""
+        h, w = self.geometry.crf
+        small = np.asarray(Image.fromarray(frame).resize((w, h), Image.BICUBIC))
+        return torch.from_numpy(small.copy()).to(self.device).permute(2, 0, 1)[None].float()
+
+    def refine(self, which: int, unary: torch.Tensor, image: torch.Tensor, *, train: bool) -> torch.Tensor:
+        """CRF ``which`` (0: after pass A, 1: output) on a one-hot map; trained first on frame 0."""
+        if not self.crfs:
+            return unary
+        crf = self.crfs[which]
+        if train:
+            with torch.inference_mode(False), torch.enable_grad():
+                losses = crf.fit(
+                    unary.clone(),
+                    image.clone(),
+                    self.crf_target.clone(),
+                    generator=self.generator,
+                    iterations=self.crf_iters,
+                    lr=self.opts["crf_lr"],
+                    noise=self.opts["crf_noise"],
+                )
+            if losses:
+                log.debug("mixture: CRF %d loss %.4f -> %.4f", which, losses[0], losses[-1])
+        return crf(unary, image)
+
+
+def _nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torch nearest resize of a label map (the release's for the gate), long."""
+    return F.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].long()
