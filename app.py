@@ -44,6 +44,7 @@ def _optional_page(name: str) -> ModuleType | None:
 
 
 def _header(page: str) -> None:
+    gr.Navbar(main_page_name="Compare")  # one per page: without it a route's navbar calls the main page "Home"
     gr.HTML(
         f'<div class="vos-header"><h1>{TITLE}</h1><p>{TAGLINE}</p><span class="vos-header-page">{page}</span></div>'
     )
@@ -53,7 +54,6 @@ def build_app(limits: UploadLimits | None = None) -> gr.Blocks:
     """The whole app, queued: one GPU job at a time (the pages put their GPU work on pages.GPU_QUEUE)."""
     benchmark = _optional_page("benchmark")
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
-        gr.Navbar(main_page_name="Compare")
         _header("Upload a clip, mark the objects, run every method, compare.")
         compare.build(limits)
     with demo.route("Benchmark", "benchmark"):

@@ -50,6 +50,7 @@ RESOLUTIONS = [
 DEFAULT_RESOLUTION = 854
 TOOL_CHOICES = [("⊕ Include", pr.INCLUDE), ("⊖ Exclude", pr.EXCLUDE), ("▭ Box (2 clicks)", pr.BOX)]
 WEIGHTS_CHOICES = [("Released weights", "hub"), ("Random weights (speed and memory only)", "random")]
+RUNNING_NOTE = ""  # while a run goes on, the results area holds only Gradio's queue position and progress bar
 PLAY_INTERVAL = 0.25  # seconds per frame when playing the grid: what a round trip per frame sustains
 
 
@@ -114,20 +115,22 @@ def variant_choices(info: MethodInfo) -> list[tuple[str, str]]:
 
 def option_component(info: MethodInfo, opt: Option) -> gr.components.Component:
     """The input for one declared option: its type picks the widget; help and the paper's value go in ``info``."""
-    label = opt.name
     note = opt.help + (f" (paper: {opt.format(opt.paper)})" if opt.paper is not None else "")
-    key = f"opt-{info.key}-{opt.name}"
+    common = {
+        "label": opt.name,
+        "info": note,
+        "key": f"opt-{info.key}-{opt.name}",
+        "elem_id": f"vos-opt-{info.key}-{opt.name}",
+    }
     if opt.choices is not None:
-        return gr.Dropdown(
-            choices=[opt.format(c) for c in opt.choices], value=opt.format(opt.default), label=label, info=note, key=key
-        )
+        return gr.Dropdown(choices=[opt.format(c) for c in opt.choices], value=opt.format(opt.default), **common)
     if opt.type is bool:
-        return gr.Checkbox(value=bool(opt.default), label=label, info=note, key=key)
+        return gr.Checkbox(value=bool(opt.default), **common)
     if opt.type is int:
-        return gr.Number(value=opt.default, precision=0, label=label, info=note, key=key)
+        return gr.Number(value=opt.default, precision=0, **common)
     if opt.type is float:
-        return gr.Number(value=opt.default, label=label, info=note, key=key)
-    return gr.Textbox(value=opt.format(opt.default), label=label, info=note, key=key)
+        return gr.Number(value=opt.default, **common)
+    return gr.Textbox(value=opt.format(opt.default), **common)
 
 
 def option_overrides(info: MethodInfo, values: dict[str, Any]) -> dict[str, Any]:
@@ -346,8 +349,13 @@ class ComparePage:
                         elem_id="vos-prompt-legend",
                     )
                     with gr.Accordion("Brush: paint an object", open=False):
+                        gr.Markdown(
+                            "Paint over the object, then add the strokes to the selected object.",
+                            elem_classes="vos-small",
+                        )
                         self.brush = gr.ImageEditor(
-                            label="Paint over the object, then add the strokes to the selected object",
+                            label="Brush",
+                            show_label=False,
                             type="numpy",
                             sources=(),
                             transforms=(),
@@ -375,7 +383,13 @@ class ComparePage:
                 for info in self.infos:
                     task = "unsupervised" if info.task == UNSUP else "semi-supervised"
                     with gr.Group(elem_classes="vos-method"):
-                        enabled = gr.Checkbox(value=True, label=info.title, info=task, key=f"use-{info.key}")
+                        enabled = gr.Checkbox(
+                            value=True,
+                            label=info.title,
+                            info=task,
+                            key=f"use-{info.key}",
+                            elem_id=f"vos-use-{info.key}",
+                        )
                         variant = gr.Radio(
                             choices=variant_choices(info),
                             value=info.default_variant,
@@ -400,18 +414,25 @@ class ComparePage:
                 with_options = [m for m in self.methods if m.info.options]
                 if not with_options:
                     gr.Markdown("No method declares options.")
+                gr.Markdown(
+                    "Generated from each method's declared options; defaults are the official release's, and the "
+                    "paper's value is given where it differs.",
+                    elem_classes="vos-small",
+                )
                 for controls in with_options:
-                    gr.Markdown(f"**{controls.info.title}**", elem_classes="vos-options-title")
-                    with gr.Row(elem_classes="vos-options"):
+                    count = len(controls.info.options)
+                    label = f"{controls.info.title} ({count} option{'s' if count > 1 else ''})"
+                    with gr.Accordion(label, open=False), gr.Row(elem_classes="vos-options"):
                         for opt in controls.info.options:
                             controls.options.append((opt, option_component(controls.info, opt)))
-            with gr.Accordion("Ground truth (optional): score J&F", open=False):
+            with gr.Accordion("Ground truth (optional): score J&F", open=False) as self.gt_accordion:
                 self.ground_truth = gr.File(
                     label="A zip (or the PNG files) of palette masks, one per frame, at the clip's size",
                     file_types=[".zip", ".png"],
                     file_count="multiple",
                     type="filepath",
                     height=110,
+                    elem_id="vos-gt",
                 )
             with gr.Row(elem_classes="vos-run-row"):
                 self.run_button = gr.Button("▶ Run the comparison", variant="primary", elem_id="vos-run", scale=3)
@@ -437,15 +458,15 @@ class ComparePage:
                 with gr.Row(elem_classes="vos-tiles", elem_id="vos-tiles"):
                     self.tiles = [self._tile("Input", "vos-tile-input")]
                     self.tiles += [self._tile(info.title, f"vos-tile-{info.key}") for info in self.infos]
-                with gr.Tabs():
-                    with gr.Tab("Numbers"):
-                        self.table = gr.HTML(elem_id="vos-table")
-                        self.table_note = gr.Markdown(elem_classes="vos-small")
-                    with gr.Tab("Side-by-side video"):
-                        self.video = gr.Video(label="Side by side", interactive=False, elem_id="vos-video")
-                    with gr.Tab("Downloads"):
+                gr.HTML('<h3 class="vos-subtitle">Speed, memory and scores</h3>')
+                self.table = gr.HTML(elem_id="vos-table")
+                self.table_note = gr.Markdown(elem_classes="vos-small")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=280):
+                        self.video = gr.Video(label="Side by side (MP4)", interactive=False, elem_id="vos-video")
+                    with gr.Column(scale=2, min_width=240):
                         self.downloads = gr.File(
-                            label="Side-by-side MP4 · every method's masks (palette PNGs) · the run bundle",
+                            label="Downloads: side-by-side MP4, every method's masks (palette PNGs), the run bundle",
                             file_count="multiple",
                             interactive=False,
                             elem_id="vos-downloads",
@@ -494,18 +515,19 @@ class ComparePage:
             self.examples.load_input_event.success(
                 self.on_example,
                 [self.example_clip, self.example_mask, self.example_gt],
-                [*prompt_outputs, self.clip_info, self.brush, self.upload, self.ground_truth],
+                [*prompt_outputs, self.clip_info, self.brush, self.upload, self.ground_truth, self.gt_accordion],
                 api_visibility="private",
             )
         self.frame.select(
             self.on_click, [self.session, self.tool], prompt_outputs, api_visibility="private", trigger_mode="multiple"
         )
+        object_outputs = [*prompt_outputs, self.brush]  # the brush takes the selected object's colour
         self.objects.input(
-            self.on_select_object, [self.session, self.objects], prompt_outputs, api_visibility="private"
+            self.on_select_object, [self.session, self.objects], object_outputs, api_visibility="private"
         )
-        self.new_object.click(self.on_new_object, [self.session], prompt_outputs, api_visibility="private")
+        self.new_object.click(self.on_new_object, [self.session], object_outputs, api_visibility="private")
         self.undo.click(self.on_undo, [self.session], prompt_outputs, api_visibility="private")
-        self.remove.click(self.on_remove, [self.session], prompt_outputs, api_visibility="private")
+        self.remove.click(self.on_remove, [self.session], object_outputs, api_visibility="private")
         self.clear.click(self.on_clear, [self.session], [*prompt_outputs, self.mask_upload], api_visibility="private")
         self.add_strokes.click(
             self.on_add_strokes, [self.session, self.brush], [*prompt_outputs, self.brush], api_visibility="private"
@@ -521,7 +543,19 @@ class ComparePage:
         prepared = self.run_button.click(
             self.on_prepare,
             run_inputs,
-            [self.session, self.request, self.token, self.live, self.run_button, self.stop_button],
+            [
+                self.session,
+                self.request,
+                self.token,
+                self.live,
+                self.run_button,
+                self.stop_button,
+                self.results,
+                self.empty_results,
+                self.timer,
+                self.playing,
+                self.play,
+            ],
             api_visibility="private",
         )
         job = prepared.success(
@@ -531,7 +565,7 @@ class ComparePage:
             concurrency_id=GPU_QUEUE,
             concurrency_limit=1,
             show_progress="full",
-            show_progress_on=[self.live],
+            show_progress_on=[self.empty_results],
             api_visibility="private",
         )
         shown = job.success(
@@ -613,13 +647,21 @@ class ComparePage:
     def _start(self, path: str) -> pr.PromptSession:
         return pr.start_session(path, self.limits.clip_limits)
 
-    def _brush_value(self, session: pr.PromptSession) -> dict:
-        colour = vmasks.colors_for([session.object_id(session.current)])[session.object_id(session.current)]
-        hex_colour = "#{:02x}{:02x}{:02x}".format(*colour)
+    @staticmethod
+    def _brush_colour(session: pr.PromptSession) -> gr.Brush:
+        object_id = session.object_id(session.current)
+        colour = vmasks.colors_for([object_id])[object_id]
+        return gr.Brush(colors=["#{:02x}{:02x}{:02x}".format(*colour)], color_mode="fixed")
+
+    def _brush_value(self, session: pr.PromptSession) -> gr.ImageEditor:
+        """A fresh canvas: the first frame, no strokes, the selected object's colour."""
         return gr.ImageEditor(
             value={"background": str(session.frame_path), "layers": [], "composite": None},
-            brush=gr.Brush(colors=[hex_colour], color_mode="fixed"),
+            brush=self._brush_colour(session),
         )
+
+    def _with_brush_colour(self, session: pr.PromptSession) -> dict:
+        return {**self._prompt_view(session), self.brush: gr.ImageEditor(brush=self._brush_colour(session))}
 
     @user_errors
     def on_upload(self, path: str | None) -> dict:
@@ -649,6 +691,7 @@ class ComparePage:
             self.brush: self._brush_value(session),
             self.upload: clip,
             self.ground_truth: [gt] if gt else None,
+            self.gt_accordion: gr.Accordion(open=bool(gt)),
         }
 
     @staticmethod
@@ -666,11 +709,11 @@ class ComparePage:
     @user_errors
     def on_select_object(self, session: pr.PromptSession | None, index: int | None) -> dict:
         session = self._require(session)
-        return self._prompt_view(pr.select_object(session, index or 0))
+        return self._with_brush_colour(pr.select_object(session, index or 0))
 
     @user_errors
     def on_new_object(self, session: pr.PromptSession | None) -> dict:
-        return self._prompt_view(pr.add_object(self._require(session)))
+        return self._with_brush_colour(pr.add_object(self._require(session)))
 
     @user_errors
     def on_undo(self, session: pr.PromptSession | None) -> dict:
@@ -678,7 +721,7 @@ class ComparePage:
 
     @user_errors
     def on_remove(self, session: pr.PromptSession | None) -> dict:
-        return self._prompt_view(pr.remove_object(self._require(session)))
+        return self._with_brush_colour(pr.remove_object(self._require(session)))
 
     @user_errors
     def on_clear(self, session: pr.PromptSession | None) -> dict:
@@ -740,6 +783,12 @@ class ComparePage:
             self.live: rs.live_html(waiting, session.num_frames),
             self.run_button: gr.Button(interactive=False),
             self.stop_button: gr.Button(interactive=True),
+            # A new run replaces the results shown; the queue position and progress appear in their place.
+            self.results: gr.Column(visible=False),
+            self.empty_results: gr.Markdown(RUNNING_NOTE, visible=True),
+            self.timer: gr.Timer(active=False),
+            self.playing: False,
+            self.play: gr.Button("▶ Play"),
         }
 
     def on_stop(self, token: str) -> gr.Button:
@@ -891,6 +940,7 @@ CSS = """
 .vos-step-title { display: flex; align-items: center; gap: 10px; margin: 0 0 6px !important; font-size: 1.15rem; }
 .vos-step-title span { display: inline-flex; width: 28px; height: 28px; border-radius: 50%;
   background: var(--color-accent); color: white; align-items: center; justify-content: center; font-size: 0.95rem; }
+.vos-subtitle { font-size: 1rem !important; margin: 14px 0 4px !important; }
 .vos-frame-help { font-size: 0.9rem; padding: 0 2px 4px; }
 .vos-small, .vos-small p { font-size: 0.85rem !important; color: var(--body-text-color-subdued); }
 .vos-clip-info blockquote { margin: 4px 0; padding: 4px 8px; border-left: 3px solid #e6a700;
@@ -906,8 +956,10 @@ CSS = """
 .vos-methods { display: grid !important; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 10px; }
 .vos-method { padding: 2px 8px 8px !important; border: 1px solid var(--border-color-primary) !important;
   border-radius: 10px !important; }
-.vos-options { flex-wrap: wrap; }
-.vos-options > * { min-width: 200px !important; }
+/* Gradio wraps a row's consecutive inputs in one .form box: the grid goes on it. */
+.vos-options > .form { display: grid !important; flex: 1 1 100% !important; width: 100%;
+  grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); }
+.vos-options > .form > * { min-width: 0 !important; }
 .vos-live { display: flex; flex-direction: column; gap: 6px; padding: 6px 2px; }
 .vos-live:empty { display: none; }
 .vos-live-row { display: grid; grid-template-columns: minmax(120px, 1.3fr) 2fr minmax(110px, 1.3fr); gap: 10px;
@@ -935,12 +987,13 @@ CSS = """
 .vos-hint { margin-top: 6px; }
 .vos-hint code, .vos-error code { word-break: break-all; }
 .vos-results-legend { font-size: 0.9rem; padding: 2px 0 6px; }
+.vos-empty { min-height: 84px; }  /* room for the queue position and progress bar shown over it during a run */
 .vos-empty p { color: var(--body-text-color-subdued); font-style: italic; }
 .vos-frame-row { align-items: center; }
 .vos-table-wrap { overflow-x: auto; }
-.vos-table { border-collapse: collapse; width: 100%; font-size: 0.88rem; }
-.vos-table th, .vos-table td { padding: 5px 10px; border-bottom: 1px solid var(--border-color-primary);
-  text-align: left; white-space: nowrap; }
+.vos-table { border-collapse: collapse; width: 100%; font-size: 0.88rem; border: none !important; }
+.vos-table th, .vos-table td { padding: 5px 10px !important; border: none !important;
+  border-bottom: 1px solid var(--border-color-primary) !important; text-align: left; white-space: nowrap; }
 .vos-table th { font-weight: 600; background: var(--background-fill-secondary); }
 .vos-table .vos-num { text-align: right; font-variant-numeric: tabular-nums; }
 .vos-pill { padding: 1px 8px; border-radius: 999px; font-size: 0.8rem; }

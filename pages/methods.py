@@ -29,17 +29,21 @@ def _variants_html(info: MethodInfo) -> str:
         state = weights_state(info, variant)
         default = " <small>(default)</small>" if variant == info.default_variant else ""
         if not state.needed:
-            badge, fix = '<span class="vos-badge vos-good">no weights needed</span>', ""
+            status = '<span class="vos-badge vos-good">no weights needed</span>'
         elif state.available is None:
-            badge, fix = '<span class="vos-badge">unknown</span>', f"<code>{_e(state.command)}</code>"
+            status = f'<span class="vos-badge">unknown</span> <code>{_e(state.command)}</code>'
         elif state.available:
-            badge, fix = '<span class="vos-badge vos-good">weights here</span>', ""
+            status = '<span class="vos-badge vos-good">weights here</span>'
         else:
-            badge = '<span class="vos-badge vos-bad">weights missing</span>'
-            fix = f"fetch with <code>{_e(state.command)}</code>"
-        rows.append(f"<tr><td><code>{_e(variant)}</code>{default}</td><td>{badge}</td><td>{fix}</td></tr>")
+            status = (
+                '<span class="vos-badge vos-bad">weights missing</span> '
+                f'<span class="vos-fetch">fetch: <code>{_e(state.command)}</code></span>'
+            )
+        rows.append(f'<tr><td class="vos-nowrap"><code>{_e(variant)}</code>{default}</td><td>{status}</td></tr>')
     return (
-        '<table class="vos-card-table"><tr><th>Variant</th><th>Weights</th><th></th></tr>' + "".join(rows) + "</table>"
+        '<table class="vos-card-table"><tr><th>Variant</th><th>Weights on this machine</th></tr>'
+        + "".join(rows)
+        + "</table>"
     )
 
 
@@ -56,7 +60,7 @@ def _reported_html(info: MethodInfo) -> str:
             speed += f" ({_e(rep.resolution)})"
         note = f" <small>{_e(rep.note)}</small>" if rep.note else ""
         rows.append(
-            f"<tr><td>{_e(rep.dataset)}</td><td>{_e(rep.variant or '')}</td><td>{figures}{note}</td>"
+            f"<tr><td>{_e(rep.dataset)}</td><td class='vos-nowrap'>{_e(rep.variant or '')}</td><td>{figures}{note}</td>"
             f"<td>{speed}</td></tr>"
         )
     return (
@@ -145,9 +149,13 @@ CSS = """
   background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary); }
 .vos-good { background: rgba(46, 157, 79, 0.12); border-color: rgba(46, 157, 79, 0.5); }
 .vos-bad { background: rgba(192, 57, 43, 0.1); border-color: rgba(192, 57, 43, 0.5); }
-.vos-card-table { width: 100%; border-collapse: collapse; font-size: 0.84rem; }
-.vos-card-table th, .vos-card-table td { text-align: left; padding: 3px 6px; vertical-align: top;
-  border-bottom: 1px solid var(--border-color-primary); }
+.vos-card-table { width: 100%; border-collapse: collapse; font-size: 0.84rem; margin: 2px 0 !important;
+  border: none !important; }
+.vos-card-table th, .vos-card-table td { text-align: left; padding: 4px 6px !important; vertical-align: top;
+  border: none !important; border-bottom: 1px solid var(--border-color-primary) !important; }
+.vos-card-table th { font-weight: 600; background: var(--background-fill-secondary); }
+.vos-nowrap { white-space: nowrap; }
+.vos-fetch { display: inline-block; margin-top: 2px; font-size: 0.8rem; }
 .vos-card details { margin-top: 8px; font-size: 0.86rem; }
 .vos-bibtex { white-space: pre-wrap; font-size: 0.78rem; }
 """

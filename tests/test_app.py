@@ -3,6 +3,7 @@ API driven by gradio_client against a locally launched server (test-only fake me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
@@ -342,24 +344,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served_app(tmp_path_factory):
-    """``python app.py`` in a subprocess on a free port, with the fake methods registered."""
+@contextlib.contextmanager
+def launched_app(folder: Path) -> Iterator[str]:
+    """``python app.py`` in a subprocess on a free port with the fake methods registered; yields its URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "app.log"
+    log = folder / "app.log"
     env = {
         **os.environ,
         "VOS_PLUGINS": "tests.fakes",
         "PYTHONPATH": str(ROOT),
         "HF_HUB_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
-        pr.SESSIONS_ENV: str(tmp_path_factory.mktemp("app_sessions")),
+        pr.SESSIONS_ENV: str(folder / "sessions"),
     }
     with log.open("w") as stream:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env, stdout=stream, stderr=stream
         )
-    url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline:
@@ -372,13 +373,19 @@ def served_app(tmp_path_factory):
                 time.sleep(0.3)
         else:
             pytest.fail(f"the app did not listen within 90 s:\n{log.read_text()[-3000:]}")
-        yield url
+        yield f"http://127.0.0.1:{port}/"
     finally:
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory):
+    with launched_app(tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -1,0 +1,186 @@
+"""The app in a real browser (Debian's chromium driven by Playwright): upload, click an object, run, inspect the
+tiles, move the frame slider, download; and every page at laptop and phone width without sideways scrolling.
+
+Screenshots go to the test's temporary folder, or to $VOS_SCREENSHOT_DIR when set (the README's come from
+``VOS_SCREENSHOT_DIR=docs/screenshots pytest -m browser``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_app import ROOT, centre_of, launched_app
+from vos import masks as vmasks
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Playwright's own browser download is unreachable here: Debian's chromium, with everything that phones home off.
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+EXAMPLE = ROOT / "assets" / "examples" / "shapes.mp4"
+EXAMPLE_MASK = ROOT / "assets" / "examples" / "shapes_00000.png"
+KEEP = ("fake_copy", "fake_unsup", "fake_oom")  # fast, and one of them fails in its own tile
+LAPTOP, PHONE = (1280, 800), (390, 844)
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium); the browser tests need it",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    with launched_app(tmp_path_factory.mktemp("browser_server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_api.sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture
+def open_page(playwright, tmp_path):
+    contexts = []
+
+    def open_at(url: str, size: tuple[int, int]):
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / f"profile-{len(contexts)}"),
+            executable_path=CHROMIUM,
+            args=FLAGS,
+            headless=True,
+            viewport={"width": size[0], "height": size[1]},
+            accept_downloads=True,
+        )
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(url, wait_until="load")
+        return page
+
+    yield open_at
+    for context in contexts:
+        context.close()
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("VOS_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_screenshot(page, path: Path) -> Path:
+    """A full-page PNG with an adaptive 256-colour palette: a fraction of the size, no visible loss for a UI."""
+    from PIL import Image
+
+    for close in page.locator(".toast-close").all():  # transient notices would hide part of the page
+        close.click()
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(path), full_page=True)
+    with Image.open(path) as image:
+        image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return path
+
+
+def assert_no_sideways_scroll(page) -> None:
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the page is {overflow}px wider than the {page.viewport_size['width']}px window"
+
+
+def click_on_frame(page, x: float, y: float, clip_size: tuple[int, int]) -> None:
+    """Click first-frame pixel (x, y) on the prompt image, placed the way Gradio maps clicks back (scale-down fit)."""
+    image = page.locator("#vos-frame img").first
+    box = image.bounding_box()
+    natural_w, natural_h = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    scale = min(box["width"] / natural_w, box["height"] / natural_h, 1)
+    left = (box["width"] - natural_w * scale) / 2
+    top = (box["height"] - natural_h * scale) / 2
+    per_pixel = natural_w / clip_size[1]  # preview pixels per clip pixel
+    image.click(position={"x": left + x * per_pixel * scale, "y": top + y * per_pixel * scale})
+
+
+@pytest.mark.parametrize("size", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_upload_click_run_inspect_and_download(app_url, open_page, tmp_path, size):
+    page = open_page(app_url, size)
+    page.wait_for_selector("#vos-upload")
+    page.set_input_files("#vos-upload input[type=file]", str(EXAMPLE))
+    page.wait_for_selector("#vos-frame img")
+    assert "320×240" in page.locator("#vos-clip-info").inner_text()
+
+    truth = vmasks.read_palette_png(EXAMPLE_MASK)
+    click_on_frame(page, *centre_of(truth, 1), truth.shape)
+    page.wait_for_function("document.querySelector('#vos-prompt-legend').innerText.includes('object 1')")
+    assert "1 include" in page.locator("#vos-objects").inner_text()
+
+    for checkbox in page.locator("[id^=vos-use-] input[type=checkbox]").all():
+        key = checkbox.evaluate("e => e.closest('[id^=vos-use-]').id.slice('vos-use-'.length)")
+        checkbox.set_checked(key in KEEP)
+    page.click("#vos-run")
+    page.wait_for_selector("#vos-tile-fake_copy img", timeout=120_000)
+    for key in ("input", *KEEP):
+        assert page.locator(f"#vos-tile-{key}").is_visible(), key
+    assert not page.locator("#vos-tile-fake_fail").is_visible()
+    assert "Out of memory" in page.locator("#vos-tile-fake_oom").inner_text()
+    assert "extra" in page.locator("#vos-tile-fake_unsup").inner_text()  # the unsupervised legend
+    assert "done" in page.locator("#vos-table").inner_text()
+
+    # The frame slider moves every tile to the same frame.
+    before = page.locator("#vos-tile-fake_copy img").get_attribute("src")
+    page.locator("#vos-slider input[type=range]").focus()
+    page.keyboard.press("End")
+    page.wait_for_function(
+        "src => document.querySelector('#vos-tile-fake_copy img').getAttribute('src') !== src", arg=before
+    )
+
+    links = page.locator("#vos-downloads a[href]")
+    links.first.wait_for()
+    hrefs = [link.get_attribute("href") for link in links.all()]
+    names = " ".join(hrefs)
+    assert len(hrefs) == 3 and "side_by_side.mp4" in names and "_masks.zip" in names and "_run.zip" in names
+    for href in hrefs:
+        response = page.request.get(href)
+        assert response.ok and len(response.body()) > 1000, href
+
+    assert_no_sideways_scroll(page)
+    name = "compare-laptop.png" if size == LAPTOP else "compare-phone.png"
+    shot = save_screenshot(page, screenshot_dir(tmp_path) / name)
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("route", ["methods", "benchmark"])
+@pytest.mark.parametrize("size", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_other_pages_fit_laptop_and_phone(app_url, open_page, tmp_path, route, size):
+    page = open_page(app_url + route, size)
+    page.wait_for_selector(".vos-header")
+    if route == "methods":
+        page.wait_for_selector("#method-fake_copy")
+        assert page.locator(".vos-card").count() >= 5
+    page.wait_for_timeout(1000)  # let charts and fonts settle before measuring
+    assert_no_sideways_scroll(page)
+    label = "laptop" if size == LAPTOP else "phone"
+    save_screenshot(page, screenshot_dir(tmp_path) / f"{route}-{label}.png")
+
+
+def test_example_loads_clip_mask_and_ground_truth(app_url, open_page):
+    page = open_page(app_url, LAPTOP)
+    page.wait_for_selector("#vos-upload")
+    page.get_by_text("shapes", exact=True).first.click()
+    # The example's mask is the prompt, and its ground truth is ready to be scored.
+    page.wait_for_function("document.querySelector('#vos-prompt-legend').innerText.includes('object 2 (uploaded)')")
+    assert "shapes_gt" in page.locator("#vos-gt").inner_text()
