@@ -342,6 +342,20 @@ def test_xcit_variant_with_random_weights_runs_three_small_frames():
     assert method.config()["weights_records"] == [{"part": "xcit", "source": "random"}]
 
 
+def test_xcit_variant_loads_the_official_release_file(tmp_path):
+    """DINO's file as published (facebookresearch/xcit layout) is converted on the fly and loaded strictly."""
+    from tests.test_xcit import dino_release_state
+
+    state = dino_release_state()
+    path = tmp_path / "dino_xcit_small_12_p8_pretrain.pth"
+    torch.save(state, path)
+    method = vm.create("mixture", variant="xcit", weights=str(path), device="cpu", size=64)
+    (record,) = method.weights_records
+    assert record["part"] == "xcit" and record["converted"] is True
+    loaded = method.features.model.state_dict()
+    assert torch.equal(loaded["pos_embed.token_projection.weight"], state["pos_embeder.token_projection.weight"])
+
+
 def test_info_declares_variants_weights_and_paper_switches():
     info = vm.get_info("mixture")
     assert info.variants == ("xcit", "xcit_dinov2_s", "xcit_dinov2_b", "rgb")

@@ -179,7 +179,12 @@ INFO = MethodInfo(
         Option("feature_layer", int, -1, "XCiT block whose patch tokens are the features (0-11, -1 = last)."),
         Option("feature_norm", bool, True, "Apply XCiT's final LayerNorm to those tokens."),
         Option("size", int, 0, "Processing short side in pixels (0 = the variant's: 480, rgb 240); a multiple of 8."),
-        Option("chunk_size", int, 0, "Cells scored at a time (0 = auto, ~16 MB per dense block); same results."),
+        Option(
+            "chunk_size",
+            int,
+            0,
+            "Cells scored at a time (0 = auto: 4 MB dense blocks on CPU, 64 MB on GPU); same results.",
+        ),
         Option("rgb_dim", int, 64, "rgb variant: dimensions of the random Fourier colour features."),
         Option("rgb_bandwidth", float, 0.1, "rgb variant: colour bandwidth of the Fourier features (0-1 scale)."),
         Option("rgb_norm", float, 35.0, "rgb variant: norm of the colour features (against ||2.5 rho|| = 14)."),
@@ -344,7 +349,9 @@ class _Session:
         grid_short = min(hg, wg)
         self.n_h = window_size(opts["n_h"], grid_short, hg)
         self.n_w = window_size(opts["n_w"], grid_short, wg)
-        self.chunk = opts["chunk_size"] or vmf.auto_chunk(num_objects, self.num_models, k_max)
+        # Dense blocks of ~4 MB keep a CPU in cache; a GPU wants them large.
+        self.budget = 1 << 24 if device.type == "cuda" else 1 << 20
+        self.chunk = opts["chunk_size"] or vmf.auto_chunk(num_objects, self.num_models, k_max, self.budget)
         dim = self.n_features + vmf.PE_DIM
         self.fitted_idx = torch.from_numpy(np.flatnonzero(fitted)).to(device)
         self.fitted_mask = torch.from_numpy(fitted).to(device)
@@ -371,7 +378,14 @@ class _Session:
         self.mixtures = vmf.initial_mixtures(centres, active, self.n_features)
         self.history = vmf.History.empty(num_objects, self.num_models, k_max, dim, self.n_features, device)
         stats, sums = vmf.em(
-            self.mixtures, f, fit, points, iterations=opts["max_iters"], tolerance=opts["rll_tol"], history=None
+            self.mixtures,
+            f,
+            fit,
+            points,
+            iterations=opts["max_iters"],
+            tolerance=opts["rll_tol"],
+            history=None,
+            block_elements=self.budget,
         )
         self.history.save(f, stats, sums, 1.0, self.step_size)
 
@@ -431,6 +445,7 @@ class _Session:
                 indicator=None if t == 0 else self.indicator,
                 pe_unit=self.pe_unit,
                 thresholds=self.thresholds,
+                block_elements=self.budget,
             )
             self.history.save(run, stats, sums, now, self.step_size)
         self.history.age(torch.nonzero(skipped).flatten(), self.step_size)
