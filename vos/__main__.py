@@ -72,7 +72,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure peak memory and speed versus resolution")
-    p.add_argument("--methods", default="all")
+    p.add_argument("--methods", default="all", help="'all' or KEY[:VARIANT],... (a method may come twice)")
     p.add_argument("--resolutions", default="240,360,480,720,1080", help="short sides in pixels, comma-separated")
     p.add_argument("--frames", type=int, default=8, help="clip length")
     p.add_argument("--device", default="auto")
@@ -81,7 +81,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per point")
     p.add_argument("--opt", action="append", default=[], metavar="KEY.NAME=VALUE")
+    p.add_argument(
+        "--memory-cap",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="stop a point whose memory passes this many MiB (default: 85%% of the RAM free at the start)",
+    )
     p.add_argument("--out", required=False, default=None, help="results JSON file")
+    p.add_argument("--from", dest="from_file", default=None, metavar="FILE", help="chart a results file, no measuring")
+    p.add_argument("--charts", default=None, metavar="DIR", help="also write the charts (PNG and HTML) into DIR")
+    p.add_argument("--no-png", action="store_true", help="with --charts: HTML only (PNG needs kaleido and Chrome)")
     p.set_defaults(module="vos.bench", function="command_bench")
 
 
