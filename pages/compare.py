@@ -50,6 +50,7 @@ RESOLUTIONS = [
 DEFAULT_RESOLUTION = 854
 TOOL_CHOICES = [("⊕ Include", pr.INCLUDE), ("⊖ Exclude", pr.EXCLUDE), ("▭ Box (2 clicks)", pr.BOX)]
 WEIGHTS_CHOICES = [("Released weights", "hub"), ("Random weights (speed and memory only)", "random")]
+DOWNLOAD_LABELS = {"video": "⬇ Side-by-side MP4", "masks": "⬇ Masks (zip)", "bundle": "⬇ Run bundle (zip)"}
 RUNNING_NOTE = ""  # while a run goes on, the results area holds only Gradio's queue position and progress bar
 PLAY_INTERVAL = 0.25  # seconds per frame when playing the grid: what a round trip per frame sustains
 
@@ -397,6 +398,7 @@ class ComparePage:
                             show_label=False,
                             container=False,
                             elem_classes="vos-variant",
+                            elem_id=f"vos-variant-{info.key}",
                             key=f"variant-{info.key}",
                         )
                     self.methods.append(MethodControls(info, enabled, variant, []))
@@ -464,12 +466,22 @@ class ComparePage:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=280):
                         self.video = gr.Video(label="Side by side (MP4)", interactive=False, elem_id="vos-video")
-                    with gr.Column(scale=2, min_width=240):
-                        self.downloads = gr.File(
-                            label="Downloads: side-by-side MP4, every method's masks (palette PNGs), the run bundle",
-                            file_count="multiple",
-                            interactive=False,
-                            elem_id="vos-downloads",
+                    with gr.Column(scale=2, min_width=240, elem_id="vos-downloads", elem_classes="vos-downloads"):
+                        gr.HTML('<h3 class="vos-subtitle">Downloads</h3>')
+                        self.download_video = gr.DownloadButton(
+                            DOWNLOAD_LABELS["video"], size="md", elem_id="vos-download-video"
+                        )
+                        self.download_masks = gr.DownloadButton(
+                            DOWNLOAD_LABELS["masks"], size="md", elem_id="vos-download-masks"
+                        )
+                        self.download_bundle = gr.DownloadButton(
+                            DOWNLOAD_LABELS["bundle"], size="md", elem_id="vos-download-bundle"
+                        )
+                        gr.Markdown(
+                            "Masks: one folder per method, one palette PNG per frame (pixel value = object id). "
+                            "Bundle: `run.json` (settings, timings, memory, weights), the prompt, the masks and the "
+                            "video; `python -m vos present` shows it again.",
+                            elem_classes="vos-small",
                         )
 
     @staticmethod
@@ -623,7 +635,8 @@ class ComparePage:
         outputs: list[Any] = [self.results, self.empty_results, self.results_legend, self.slider]
         for tile in self.tiles:
             outputs += [tile.column, tile.title, tile.image, tile.caption]
-        return [*outputs, self.table, self.table_note, self.video, self.downloads]
+        downloads = [self.download_video, self.download_masks, self.download_bundle]
+        return [*outputs, self.table, self.table_note, self.video, *downloads]
 
     # ---------------------------------------------------------------- prompt callbacks
     def _prompt_view(self, session: pr.PromptSession | None) -> dict:
@@ -827,7 +840,14 @@ class ComparePage:
         out[self.table] = rs.table_html(view)
         out[self.table_note] = rs.memory_note(view)
         out[self.video] = str(view.bundle.video) if view.bundle.video else None
-        out[self.downloads] = [str(p) for p in rs.downloads(view, session.path / "downloads")]
+        files = rs.downloads(view, session.path / "downloads")
+        for button, kind, path in (
+            (self.download_video, "video", files.video),
+            (self.download_masks, "masks", files.masks),
+            (self.download_bundle, "bundle", files.bundle),
+        ):
+            label = f"{DOWNLOAD_LABELS[kind]} · {rs.human_size(path)}" if path else DOWNLOAD_LABELS[kind]
+            out[button] = gr.DownloadButton(label, value=str(path) if path else None, visible=path is not None)
         problems = [r for r in view.records if not r.ok]
         if problems:
             names = ", ".join(f"{r.title} ({rs.STATUS_LABELS.get(r.status, r.status)})" for r in problems)
@@ -926,7 +946,7 @@ class ComparePage:
             ground_truth=ground_truth or None,
         )
         view = rs.load_view(api_compare_job(session, request))
-        files = [str(p) for p in rs.downloads(view, session.path / "downloads")]
+        files = [str(p) for p in rs.downloads(view, session.path / "downloads").files()]
         return files, {"run": view.path.name, "methods": view.bundle.methods}
 
 
@@ -936,11 +956,14 @@ def build(limits: UploadLimits | None = None) -> ComparePage:
 
 
 CSS = """
+.vos-table tr { border: none !important; }  /* Gradio's prose style frames every row */
 .vos-step { padding: 14px 16px 16px !important; margin-bottom: 18px !important; border-radius: 12px !important; }
 .vos-step-title { display: flex; align-items: center; gap: 10px; margin: 0 0 6px !important; font-size: 1.15rem; }
 .vos-step-title span { display: inline-flex; width: 28px; height: 28px; border-radius: 50%;
   background: var(--color-accent); color: white; align-items: center; justify-content: center; font-size: 0.95rem; }
 .vos-subtitle { font-size: 1rem !important; margin: 14px 0 4px !important; }
+.vos-downloads { gap: 8px !important; }
+.vos-table td:first-child { white-space: normal; min-width: 9em; }
 .vos-frame-help { font-size: 0.9rem; padding: 0 2px 4px; }
 .vos-small, .vos-small p { font-size: 0.85rem !important; color: var(--body-text-color-subdued); }
 .vos-clip-info blockquote { margin: 4px 0; padding: 4px 8px; border-left: 3px solid #e6a700;

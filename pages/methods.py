@@ -137,6 +137,7 @@ def build() -> gr.HTML:
 
 
 CSS = """
+.vos-card-table tr { border: none !important; }  /* Gradio's prose style frames every row */
 .vos-cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 460px), 1fr)); gap: 16px; }
 .vos-card { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 14px 16px;
   background: var(--background-fill-primary); overflow-wrap: anywhere; }

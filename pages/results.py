@@ -424,15 +424,33 @@ def zip_folder(folder: Path, dest: Path, *, root: str, skip: Sequence[str] = ())
     return dest
 
 
-def downloads(view: RunView, dest: Path) -> list[Path]:
-    """Side-by-side MP4, a zip of every method's palette PNGs (one folder per method), the whole run bundle."""
-    name = view.path.name
-    files = []
-    video = view.bundle.video
-    if video is not None:
-        files.append(video)
+@dataclass
+class Downloads:
+    video: Path | None  # side_by_side.mp4 (None if it could not be encoded)
+    masks: Path | None  # every finished method's palette PNGs, one folder per method (None if none finished)
+    bundle: Path  # the whole run bundle
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.video, self.masks, self.bundle) if p is not None]
+
+
+def downloads(view: RunView, dest: Path) -> Downloads:
+    """Zip the run's masks and bundle into ``dest/<run>/`` under short names (``<clip>_masks.zip``)."""
+    run = view.path.name
+    clip = re.sub(r"[^A-Za-z0-9_.-]+", "_", view.bundle.name)[:40] or "clip"
+    folder = dest / run
     masks_dir = view.path / "masks"
+    masks = None
     if masks_dir.is_dir() and any(masks_dir.iterdir()):
-        files.append(zip_folder(masks_dir, dest / f"{name}_masks.zip", root=f"{name}_masks"))
-    files.append(zip_folder(view.path, dest / f"{name}_run.zip", root=name))
-    return files
+        masks = zip_folder(masks_dir, folder / f"{clip}_masks.zip", root=f"{run}_masks")
+    bundle = zip_folder(view.path, folder / f"{clip}_run.zip", root=run)
+    return Downloads(view.bundle.video, masks, bundle)
+
+
+def human_size(path: Path) -> str:
+    size = path.stat().st_size
+    for unit in ("B", "KB", "MB"):
+        if size < 1024 or unit == "MB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"

@@ -68,8 +68,8 @@ def test_app_builds_offline_without_gpu():
     assert [path for path, _, _ in demo.pages] == ["", "benchmark", "methods"]
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert {"prompt_mask", "compare"} <= public
-    gpu = [fn for fn in demo.fns.values() if fn.concurrency_id == "gpu"]
-    assert len(gpu) == 2 and all(fn.concurrency_limit == 1 for fn in gpu)  # the run and the API's compare
+    gpu = {fn.name: fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "gpu"}
+    assert {"run_job", "api_compare"} <= set(gpu) and set(gpu.values()) == {1}  # one GPU job at a time
     kwargs = app.launch_kwargs()
     assert ".vos-tiles" in kwargs["css"] and kwargs["max_file_size"].endswith("mb")
 
@@ -226,13 +226,13 @@ def test_results_tiles_captions_table_and_downloads(tiny):
     assert "<table" in rs.table_html(view)
 
     files = rs.downloads(view, session.path / "downloads")
-    names = [p.name for p in files]
-    assert names[0] == "side_by_side.mp4" and names[1].endswith("_masks.zip") and names[2].endswith("_run.zip")
-    with zipfile.ZipFile(files[1]) as archive:
+    assert files.video.name == "side_by_side.mp4"
+    assert (files.masks.name, files.bundle.name) == ("tiny_masks.zip", "tiny_run.zip")
+    with zipfile.ZipFile(files.masks) as archive:
         members = archive.namelist()
     assert sum(m.endswith(".png") and "/fake_copy/" in m for m in members) == 8
     assert not any("fake_fail" in m for m in members)
-    with zipfile.ZipFile(files[2]) as archive:
+    with zipfile.ZipFile(files.bundle) as archive:
         assert any(m.endswith("/run.json") for m in archive.namelist())
 
 
@@ -296,7 +296,8 @@ def test_compare_page_callbacks_run_a_comparison(tiny):
     assert sum(by_title.values()) == 3  # input, fake_copy, fake_oom
     oom_tile = next(t for t, c in zip(page.tiles[1:], page.methods) if c.info.key == "fake_oom")
     assert "lower resolution" in out[oom_tile.caption]
-    assert len(out[page.downloads]) == 3
+    assert "tiny_masks.zip" in str(out[page.download_masks].value)
+    assert out[page.download_bundle].label.startswith("⬇ Run bundle (zip) · ")
     images = page.on_frame(session, run_dir, 5)
     assert images[0].shape[:2] == (96, 128) and sum(i is not None for i in images) == 3
 
@@ -345,13 +346,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_app(folder: Path) -> Iterator[str]:
-    """``python app.py`` in a subprocess on a free port with the fake methods registered; yields its URL."""
+def launched_app(folder: Path, plugins: str = "tests.fakes") -> Iterator[str]:
+    """``python app.py`` in a subprocess on a free port, with the fake methods registered by default; yields its
+    URL."""
     port = free_port()
     log = folder / "app.log"
     env = {
         **os.environ,
-        "VOS_PLUGINS": "tests.fakes",
+        "VOS_PLUGINS": plugins,
         "PYTHONPATH": str(ROOT),
         "HF_HUB_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
