@@ -23,6 +23,11 @@ def _link(url: str, text: str) -> str:
     return f'<a href="{_e(url)}" target="_blank" rel="noopener">{_e(text)}</a>'
 
 
+def _scroll(table: str) -> str:
+    """A table that scrolls sideways on a phone instead of breaking its words letter by letter."""
+    return f'<div class="vos-scroll">{table}</div>'
+
+
 def _variants_html(info: MethodInfo) -> str:
     rows = []
     for variant in info.variants:
@@ -63,7 +68,7 @@ def _reported_html(info: MethodInfo) -> str:
             f"<tr><td>{_e(rep.dataset)}</td><td class='vos-nowrap'>{_e(rep.variant or '')}</td><td>{figures}{note}</td>"
             f"<td>{speed}</td></tr>"
         )
-    return (
+    return _scroll(
         '<table class="vos-card-table"><tr><th>Dataset</th><th>Variant</th><th>Reported</th><th>Speed</th></tr>'
         + "".join(rows)
         + "</table>"
@@ -84,9 +89,12 @@ def _options_html(info: MethodInfo) -> str:
     return (
         "<details><summary>Options (the Compare page's advanced panel, "
         f"<code>--opt {_e(info.key)}.NAME=VALUE</code> on the command line)</summary>"
-        '<table class="vos-card-table"><tr><th>Name</th><th>Default</th><th>Paper</th><th>What it does</th></tr>'
-        + "".join(rows)
-        + "</table></details>"
+        + _scroll(
+            '<table class="vos-card-table"><tr><th>Name</th><th>Default</th><th>Paper</th><th>What it does</th></tr>'
+            + "".join(rows)
+            + "</table>"
+        )
+        + "</details>"
     )
 
 
@@ -156,6 +164,8 @@ CSS = """
   border: none !important; border-bottom: 1px solid var(--border-color-primary) !important; }
 .vos-card-table th { font-weight: 600; background: var(--background-fill-secondary); }
 .vos-nowrap { white-space: nowrap; }
+.vos-scroll { overflow-x: auto; }
+.vos-card-table td, .vos-card-table th { overflow-wrap: normal; word-break: normal; min-width: 5em; }
 .vos-fetch { display: inline-block; margin-top: 2px; font-size: 0.8rem; }
 .vos-card details { margin-top: 8px; font-size: 0.86rem; }
 .vos-bibtex { white-space: pre-wrap; font-size: 0.78rem; }

@@ -206,7 +206,9 @@ def take_readme_screenshots(open_page, app_url: str, folder: Path) -> None:
     page.wait_for_timeout(1500)
     assert_no_sideways_scroll(page)
     save_screenshot(page, folder / "compare-phone.png")
-    for size, label in ((LAPTOP, "laptop"), (PHONE, "phone")):
-        page = open_page(app_url + "methods", size)
-        page.wait_for_selector("#method-mixture")
-        save_screenshot(page, folder / f"methods-{label}.png")
+    for route in ("methods", "benchmark"):
+        for size, label in ((LAPTOP, "laptop"), (PHONE, "phone")):
+            page = open_page(app_url + route, size)
+            page.wait_for_selector(".vos-header")
+            page.wait_for_timeout(2000)  # charts draw after the page loads
+            save_screenshot(page, folder / f"{route}-{label}.png")
