@@ -788,7 +788,7 @@ class ComparePage:
         )
         token = uuid.uuid4().hex
         _CANCELS[token] = threading.Event()
-        waiting = [runner.MethodRecord(s.key, rs._title(s.key), rs._task(s.key), s.variant or "") for s in specs]
+        waiting = [rs.pending_record(spec) for spec in specs]
         return {
             self.session: session,
             self.request: request,

@@ -141,7 +141,10 @@ def build() -> gr.HTML:
         "`python -m vos weights list` shows the same from the command line.",
         elem_classes="vos-small",
     )
-    return gr.HTML(page_html, elem_id="vos-method-cards")
+    cards = gr.HTML(elem_id="vos-method-cards")
+    # Drawn at each page load (no trigger = on load), so weights fetched meanwhile show up without a restart.
+    gr.on(triggers=None, fn=page_html, outputs=cards, api_visibility="private")
+    return cards
 
 
 CSS = """

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,13 +128,30 @@ class PromptSession:
 # Starting a session
 
 
+SESSION_MAX_AGE_HOURS = 24.0  # folders of sessions untouched this long are removed (a tab closed without notice)
+
+
+def prune_sessions(root: Path, max_age_hours: float = SESSION_MAX_AGE_HOURS) -> None:
+    """Remove session folders not modified for ``max_age_hours``: replaced uploads and tabs that never said goodbye
+    would otherwise fill a long-running server's disk."""
+    cutoff = time.time() - max_age_hours * 3600
+    for folder in root.iterdir():
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:  # another session's pruning got there first
+            continue
+
+
 def start_session(upload: str | Path, limits: Limits, *, root: Path | None = None) -> PromptSession:
     """Copy the upload into a new session folder, open it under ``limits`` and save its first frame.
 
     Raises VideoError (a VosError) when the upload is not a usable clip.
     """
     upload = Path(upload)
-    folder = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex[:8]}-", dir=root or sessions_root()))
+    root = root or sessions_root()
+    prune_sessions(root)
+    folder = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex[:8]}-", dir=root))
     try:
         # The user's file name, so that messages about the clip name the file they chose.
         copy = folder / "upload" / upload.name

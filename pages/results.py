@@ -21,7 +21,7 @@ from PIL import Image
 
 from vos import masks as vmasks
 from vos import runner
-from vos.methods import UNSUP
+from vos.methods import UNSUP, get_info
 from vos.present import Bundle, load_bundle
 from vos.runner import MethodRecord, MethodSpec
 from vos.video import Clip, resize_frame
@@ -122,9 +122,7 @@ def run_in_background(
     variable (Gradio's) sees the runner's per-method bars. Closing the iterator early sets ``cancel``: the runner
     stops after the frame it is on.
     """
-    tracker = _Tracker(
-        [MethodRecord(s.key, _title(s.key), _task(s.key), s.variant or _default_variant(s.key)) for s in request.specs]
-    )
+    tracker = _Tracker([pending_record(spec) for spec in request.specs])
     outcome: dict[str, object] = {}
 
     def work() -> None:
@@ -150,22 +148,10 @@ def run_in_background(
     yield Live(records, done=True, result=result, error=outcome.get("error"))  # type: ignore[arg-type]
 
 
-def _title(key: str) -> str:
-    from vos.methods import get_info
-
-    return get_info(key).title
-
-
-def _task(key: str) -> str:
-    from vos.methods import get_info
-
-    return get_info(key).task
-
-
-def _default_variant(key: str) -> str:
-    from vos.methods import get_info
-
-    return get_info(key).default_variant
+def pending_record(spec: MethodSpec) -> MethodRecord:
+    """The record of a method that has not started yet (what the progress list shows for it)."""
+    info = get_info(spec.key)
+    return MethodRecord(spec.key, info.title, info.task, spec.variant or info.default_variant)
 
 
 STATUS_LABELS = {

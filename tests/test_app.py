@@ -115,6 +115,55 @@ def test_methods_page_has_a_card_per_method_with_weights_status():
     assert "no weights needed" in page  # the fakes declare no weights
 
 
+def test_gpu_work_goes_through_spaces_gpu_when_spaces_is_importable(monkeypatch):
+    import types
+
+    import pages
+
+    def plain(x):
+        return x + 1
+
+    assert pages.gpu_task(plain) is plain  # no `spaces` package here
+    seen = {}
+
+    def gpu(duration):
+        def wrap(fn):
+            seen["duration"] = duration
+            return lambda *a, **k: ("on gpu", fn(*a, **k))
+
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    monkeypatch.setenv(pages.GPU_DURATION_ENV, "300")
+    assert pages.gpu_task(plain)(1) == ("on gpu", 2) and seen["duration"] == 300
+
+
+def test_user_errors_decorator_turns_vos_errors_into_modals_and_keeps_bugs():
+    import pages
+    from vos.errors import VosError
+
+    @pages.user_errors
+    def refuses():
+        raise VosError("clip.mp4: <no frames>\ntry another")
+
+    @pages.user_errors
+    def streams():
+        yield 1
+        raise VosError("stopped")
+
+    @pages.user_errors
+    def buggy():
+        raise KeyError("bug")
+
+    with pytest.raises(gr.Error) as info:
+        refuses()
+    assert info.value.message == "clip.mp4: &lt;no frames&gt;<br>try another"
+    with pytest.raises(gr.Error, match="stopped"):
+        list(streams())
+    with pytest.raises(KeyError):
+        buggy()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Prompt session
 
@@ -185,6 +234,15 @@ def test_upload_limits_downscale_and_truncate_with_notes(tiny):
     assert session.size == (48, 64) and session.num_frames == 5
     assert any("Downscaled" in n for n in session.notes) and any("first 5" in n for n in session.notes)
     assert session.clip().num_frames == 5
+
+
+def test_old_session_folders_are_pruned(tiny):
+    stale = pr.sessions_root() / "stale-session"
+    stale.mkdir(parents=True)
+    old = time.time() - (pr.SESSION_MAX_AGE_HOURS + 1) * 3600
+    os.utime(stale, (old, old))
+    session = pr.start_session(tiny["clip"], Limits())
+    assert not stale.exists() and session.path.exists()
 
 
 def test_a_bad_upload_is_a_user_error_and_leaves_no_session_folder(tmp_path):
