@@ -530,8 +530,10 @@ class ComparePage:
                 [*prompt_outputs, self.clip_info, self.brush, self.upload, self.ground_truth, self.gt_accordion],
                 api_visibility="private",
             )
+        # trigger_mode "once": a click made while the previous one is processed is dropped rather than run on the
+        # same old session (which would lose one of the two marks).
         self.frame.select(
-            self.on_click, [self.session, self.tool], prompt_outputs, api_visibility="private", trigger_mode="multiple"
+            self.on_click, [self.session, self.tool], prompt_outputs, api_visibility="private", trigger_mode="once"
         )
         object_outputs = [*prompt_outputs, self.brush]  # the brush takes the selected object's colour
         self.objects.input(
