@@ -419,11 +419,17 @@ def em(
     for step in range(iterations):
         need_ll = tested and step >= TOL_FROM_ITER - 1
         stats, counts, ll = _estep(
-            sub.select(running), frame, index[running], valid[running], block,
-            pe_only=history is None and step == 0, with_ll=need_ll,
+            sub.select(running),
+            frame,
+            index[running],
+            valid[running],
+            block,
+            pe_only=history is None and step == 0,
+            with_ll=need_ll,
             indicator=None if indicator is None else _indicator_rows(indicator, objects[running]),
-            pe_unit=pe_unit, thresholds=thresholds,
-        )  # fmt: skip
+            pe_unit=pe_unit,
+            thresholds=thresholds,
+        )
         if tested and step >= TOL_FROM_ITER:
             rll = (ll - ll_old[running]).abs() / (ll_old[running].abs() + EPS)
             done = rll < tolerance
