@@ -71,12 +71,9 @@ def details_html(results: dict[str, Any]) -> str:
         ("Clip", f"{settings.get('clip', 'synthetic')}, 16:9 frames"),
         ("Caps", f"{settings.get('timeout_s', '?')} s and {settings.get('memory_cap_mib') or '?'} MiB per point"),
     ]
-    loads = [p.load_avg[0] for p in bench.points_of(results) if p.load_avg]
-    cores = hw.get("cpu_cores") or 1
-    if loads and max(loads) > cores:
-        rows.append(
-            ("Note", f"the machine was busy with other work (load average up to {max(loads):g} on {cores} cores)")
-        )
+    busy = bench.busy_note(results)
+    if busy:
+        rows.append(("Note", busy.removeprefix(" · ")))
     if settings.get("command"):
         rows.append(("Command", f"<code>{html.escape(settings['command'])}</code>"))
     body = "".join(

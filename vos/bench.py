@@ -12,17 +12,18 @@ What a point records:
   (building the method included); on the CPU the peak resident set of the child. The child reads its own
   high-water mark (``VmHWM`` in /proc/self/status) when it ends: the kernel keeps it exactly, so no short spike is
   missed, as sampling could, and it is the child's alone (``ru_maxrss`` is not: across exec it can carry the
-  parent's peak). ``baseline_memory_mib`` is the resident set before the method was built (Python, torch, the
-  method's modules and the synthetic clip), so peak minus baseline is what the method itself cost.
+  parent's peak). ``baseline_memory_mib`` is what the process held before the method was built (CPU: Python,
+  torch, the method's modules and the synthetic clip; CUDA: allocated tensors, usually none), so peak minus
+  baseline is what the method itself cost.
   Where /proc is missing the child falls back to sampling (``vos.device.memory_probe``).
 - time: load (build + weights), first-frame latency (frame 0 includes each method's initialisation on the
   prompt), steady-state fps over frames 1..N-1, median over ``repeats`` passes of the clip.
 - caps: the parent kills a point that runs past ``timeout`` seconds (status ``timeout``) or whose resident set
   passes ``memory_cap_mib`` (status ``memory_cap``; default 85% of the RAM free when the sweep starts, so a sweep
-  never drives the machine into swap or the kernel's OOM killer). On CUDA the cap also limits the GPU memory the
-  point may allocate (``set_per_process_memory_fraction``). An out-of-memory error, a failure or missing weights
-  become a point with its status and reason; larger resolutions of a method that ran out of time or memory are
-  recorded as ``skipped`` rather than run.
+  never drives the machine into swap or the kernel's OOM killer). On CUDA a cap the user gives also limits the GPU
+  memory the point may allocate (``set_per_process_memory_fraction``). An out-of-memory error, a failure or
+  missing weights become a point with its status and reason; larger resolutions of a method that ran out of time
+  or memory are recorded as ``skipped`` rather than run.
 
 Resolution means the frame's short side; frames are 16:9 with both sides even (480 -> 480x854). A method whose
 working resolution is an option named ``size`` gets the benchmark's resolution there (int: the short side, rounded
@@ -223,7 +224,7 @@ class Point:
     peak_memory_mib: float | None = None
     memory_kind: str | None = None  # cpu_rss (VmHWM or sampled) or cuda_allocated
     reserved_memory_mib: float | None = None  # CUDA: max_memory_reserved
-    baseline_memory_mib: float | None = None  # before the method was built
+    baseline_memory_mib: float | None = None  # before the method was built (same kind as the peak)
     host_peak_mib: float | None = None  # CUDA points: the child's peak resident set on the host
     wall_s: float | None = None  # the whole subprocess, start-up included
     load_avg: list[float] | None = None  # the machine's 1-minute load average as the point started and ended
@@ -308,12 +309,14 @@ def measure_point(task: Task, status_path: Path | None = None) -> dict[str, Any]
     clip = Clip.from_frames(synthetic.frames, name=f"moving shapes {task.size[0]}x{task.size[1]}")
     first_mask = synthetic.masks[0]
     torch.manual_seed(0)
-    status.write(phase="loading", baseline_memory_mib=_mib(_current_rss()))
+    status.write(phase="loading")
     fps_runs: list[float] = []
     first_frame_runs: list[float] = []
     memory = error = None
     try:
         with vdevice.memory_probe(torch_device) as memory:
+            # What the process holds before the method exists: resident set on the CPU, allocated on CUDA.
+            status.write(baseline_memory_mib=_mib(memory.baseline_bytes))
             start = time.perf_counter()
             method = cls(task.variant, device=str(torch_device), weights=task.weights, dtype=task.dtype, **task.options)
             vdevice.synchronize(torch_device)
@@ -359,12 +362,6 @@ def measure_point(task: Task, status_path: Path | None = None) -> dict[str, Any]
         fps_runs=fps_runs,
     )
     return status.record
-
-
-def _current_rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
 
 
 def _median(values: Sequence[float]) -> float:
@@ -677,9 +674,10 @@ def sweep(
     torch_device = vdevice.pick_device(device)
     device_name = str(torch_device)
     vdevice.pick_dtype(dtype if dtype != "fp32" else None, torch_device)  # fp16 on CPU: fail before any work
+    # Only a cap the user gave limits the GPU: the default comes from the host's free RAM.
+    gpu_cap = memory_cap_mib if torch_device.type == "cuda" and memory_cap_mib else None
     if memory_cap_mib is None:
         memory_cap_mib = default_memory_cap_mib()
-    gpu_cap = memory_cap_mib if torch_device.type == "cuda" and memory_cap_mib else None
     todo = plan(
         specs,
         resolutions,
@@ -892,7 +890,9 @@ def points_of(results: dict[str, Any]) -> list[Point]:
 
 def describe_settings(results: dict[str, Any]) -> str:
     s = results["settings"]
-    return f"{s['dtype']} · {s['weights']} weights · {s['frames']} frames · {s.get('repeats', 1)} pass(es)"
+    repeats = s.get("repeats", 1)
+    passes = f" · median of {repeats} passes" if repeats > 1 else ""
+    return f"{s['dtype']} · {s['weights']} weights · {s['frames']}-frame synthetic clips{passes}"
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -965,7 +965,21 @@ def _series(results: dict[str, Any]) -> dict[str, list[Point]]:
 
 
 def _title(what: str, results: dict[str, Any]) -> str:
-    return f"{what}<br><sup>{results['hardware']['label']} · {describe_settings(results)}</sup>"
+    return _with_subtitle(what, [results["hardware"]["label"], describe_settings(results) + busy_note(results)])
+
+
+def _with_subtitle(title: str, lines: Sequence[str]) -> str:
+    return title + "".join(f"<br><sup>{line}</sup>" for line in lines if line)
+
+
+def busy_note(results: dict[str, Any]) -> str:
+    """Said beside the timings when other work shared the machine during the sweep: a load average well above the
+    cores (a point's own threads account for up to one per core)."""
+    loads = [max(p.load_avg) for p in points_of(results) if p.load_avg]
+    cores = results["hardware"].get("cpu_cores") or 0
+    if not loads or not cores or max(loads) <= 1.5 * cores:
+        return ""
+    return f" · shared machine (load average up to {max(loads):.0f} on {cores} cores): times are pessimistic"
 
 
 def _resolution_axis(fig: go.Figure, results: dict[str, Any]) -> None:
@@ -983,7 +997,7 @@ def _layout(fig: go.Figure, title: str) -> None:
         title={"text": title, "x": 0.01, "xanchor": "left"},
         template="plotly_white",
         legend={"title": "method · variant"},
-        margin={"l": 60, "r": 20, "t": 80, "b": 60},
+        margin={"l": 60, "r": 20, "t": 100, "b": 60},
         hovermode="closest",
     )
 
@@ -1079,19 +1093,35 @@ def memory_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
                 hoverinfo="skip",
             )
         _failure_markers(fig, points, colours[name], name, lambda p: p.peak_memory_mib or top, nudge=nudges[name])
+    baselines = [p.baseline_memory_mib for pts in grouped.values() for p in pts if p.baseline_memory_mib]
+    if baselines and min(baselines) >= 1:
+        text = f"the process before building a method (Python, torch, the clip): {min(baselines):,.0f} MiB"
+        _hline(fig, min(baselines), text, log_y=log_y, dash="dot")
     capacity = _capacity_mib(results)
     if capacity and max(measured, default=0) >= capacity / 4:  # far above every point it would only flatten them
-        fig.add_hline(
-            y=capacity,
-            line={"dash": "dash", "color": "#888", "width": 1},
-            annotation_text=f"{'GPU memory' if cuda else 'RAM'} {capacity / 1024:,.0f} GiB",
-            annotation_position="top left",
-        )
+        _hline(fig, capacity, f"{'GPU memory' if cuda else 'RAM'} {capacity / 1024:,.0f} GiB", log_y=log_y)
     kind = "GPU memory allocated (dotted: reserved)" if cuda else "peak resident set of the process"
     fig.update_yaxes(title=f"peak memory, MiB ({kind})", type="log" if log_y else "linear")
     _resolution_axis(fig, results)
     _layout(fig, _title("Peak memory vs resolution", results))
     return fig
+
+
+def _hline(fig: go.Figure, y: float, text: str, *, log_y: bool, dash: str = "dash") -> None:
+    """A labelled horizontal reference line. The label is placed by hand: plotly's hline annotations ignore a log
+    axis (they land at y instead of log10(y))."""
+    fig.add_hline(y=y, line={"dash": dash, "color": "#999", "width": 1})
+    fig.add_annotation(
+        x=1,
+        xref="paper",
+        y=math.log10(y) if log_y else y,
+        yref="y",
+        text=text,
+        showarrow=False,
+        xanchor="right",
+        yanchor="bottom",
+        font={"color": "#777", "size": 10},
+    )
 
 
 def _capacity_mib(results: dict[str, Any]) -> float | None:
@@ -1217,7 +1247,8 @@ def accuracy_speed_figure(
             ],
             hoverinfo="text",
         )
-    measured_here = 0
+    defaults = {info.key: info.default_variant for info in infos}
+    measured_here, unplaced = 0, []
     for name, points in grouped.items():
         key, _, variant = name.partition(" · ")
         ok = [p for p in points if p.ok and p.fps]
@@ -1225,9 +1256,10 @@ def accuracy_speed_figure(
             continue
         point = min(ok, key=lambda p: (abs(p.resolution - at_resolution), -p.resolution))
         own = (point.scores or {}).get(ACCURACY_METRIC)
-        paper = _paper_accuracy(figures, key, variant)
+        paper = _paper_accuracy(figures, key, variant, default=variant == defaults.get(key))
         accuracy = own if own is not None else (paper.accuracy if paper else None)
         if accuracy is None:
+            unplaced.append(name)
             continue
         measured_here += 1
         source = "measured" if own is not None else f"the paper's ({paper.dataset})"
@@ -1256,9 +1288,13 @@ def accuracy_speed_figure(
     missing = [f for f in figures if not f.fps]
     notes = []
     if results:
-        notes.append(f"open circles: speed measured on {results['hardware']['label']} at ~{at_resolution}p")
+        notes.append(f"circles: speed measured on {results['hardware']['label']} at ~{at_resolution}p")
+        details = []
         if measured_here and all(not p.scores for p in points_of(results)):
-            notes.append("their J&F is the paper's (random weights measure speed, not accuracy)")
+            details.append("at the paper's J&F for that variant (random weights measure speed, not accuracy)")
+        if unplaced:
+            details.append(f"no reported J&F to place {', '.join(unplaced)}")
+        notes.append("; ".join(details))
     if missing:
         notes.append(f"{len(missing)} reported accuracies without a reported speed are not shown")
     xs = [x for trace in fig.data for x in (trace.x or ()) if x]
@@ -1268,14 +1304,18 @@ def accuracy_speed_figure(
     y_range = [min(ys) - 1.5, max(ys) + 1.5] if ys else None
     fig.update_xaxes(title="frames per second (log)", type="log", range=x_range)
     fig.update_yaxes(title=f"{ACCURACY_METRIC} (DAVIS-style, %)", range=y_range)
-    _layout(fig, "Accuracy vs speed: papers (stars) and this machine (circles)<br><sup>" + "; ".join(notes) + "</sup>")
-    fig.update_layout(legend={"title": "method"}, showlegend=True)
+    _layout(fig, _with_subtitle("Accuracy vs speed: papers (stars) and this machine (circles)", notes))
+    fig.update_layout(legend={"title": "method"}, showlegend=True, margin={"t": 120})
     return fig
 
 
-def _paper_accuracy(figures: Sequence[PaperFigure], key: str, variant: str) -> PaperFigure | None:
-    """The paper's figure for this method and variant, preferring one with a speed and DAVIS-2017 val."""
-    candidates = [f for f in figures if f.method == key and f.variant in (variant, None)]
+def _paper_accuracy(figures: Sequence[PaperFigure], key: str, variant: str, *, default: bool) -> PaperFigure | None:
+    """The paper's figure for this method and variant, preferring one with a speed and DAVIS-2017 val. A figure
+    that names no variant stands for the default variant only when the method names no variant at all (otherwise
+    it is some other configuration, described in its note)."""
+    named = any(f.variant for f in figures if f.method == key)
+    accepted = (variant,) if named or not default else (variant, None)
+    candidates = [f for f in figures if f.method == key and f.variant in accepted]
     candidates.sort(key=lambda f: (f.variant != variant, f.fps is None, "DAVIS-2017" not in f.dataset))
     return candidates[0] if candidates else None
 
