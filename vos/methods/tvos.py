@@ -21,6 +21,9 @@ What differs from the release, with the same output:
   over reference pixels for each target pixel, so chunking targets is exact; to keep it exact in the last bit too,
   every matrix product runs on blocks of exactly ``ROW_BLOCK`` target pixels (one large product picks its BLAS
   kernel by size, which changes the rounding): the scores do not depend on ``chunk_size`` at all.
+  Measured on the development machine's CPU (random features, 1080p = a 135x240 grid, nine references, chunk 1024):
+  one frame's propagation peaks at 4.3 GB resident (3.5 GB above the process's baseline); the history adds at
+  most ~45 x 33 MB. Three 1080p frames end to end with random weights: 2.1 GB peak.
 - The product is laid out target-major (targets as rows, the softmax along each row); the release's column layout
   is the same arithmetic up to float rounding order.
 - Object ids of the prompt may be any values (1, 3, 7): they become contiguous channels inside and come back on exit.
