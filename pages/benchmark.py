@@ -77,15 +77,25 @@ def details_html(results: dict[str, Any]) -> str:
     if settings.get("command"):
         rows.append(("Command", f"<code>{html.escape(settings['command'])}</code>"))
     body = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{v if k == 'Command' else html.escape(str(v))}</td></tr>" for k, v in rows
+        f"<span>{html.escape(k)}</span><span>{v if k == 'Command' else html.escape(str(v))}</span>" for k, v in rows
     )
-    return f'<table class="vos-bench-details">{body}</table>'
+    return f'<div class="vos-bench-details">{body}</div>'
+
+
+def _number(value: Any) -> Any:
+    if not isinstance(value, float):
+        return value
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def table_value(results: dict[str, Any]) -> Any:
+    """The points as a table: numbers to three significant figures, columns that are empty everywhere left out."""
     import pandas as pd
 
-    return pd.DataFrame(bench.summary_rows(results))
+    rows = [{k: _number(v) for k, v in row.items()} for row in bench.summary_rows(results)]
+    frame = pd.DataFrame(rows)
+    empty = [c for c in frame.columns if frame[c].isna().all() or (frame[c].astype(str) == "").all()]
+    return frame.drop(columns=empty)
 
 
 def render(path: str | None, log_scale: bool) -> tuple[Any, Any, Any, Any, str]:
@@ -212,10 +222,10 @@ class BenchmarkPage:
             self.selector = gr.Dropdown(choices=choices, value=first, label="Results (hardware · settings)", scale=4)
             self.log_scale = gr.Checkbox(value=True, label="Logarithmic axes", scale=1)
         self.details = gr.HTML(details)
-        with gr.Row():
-            self.memory_plot = gr.Plot(memory, label="Peak memory vs resolution")
-            self.fps_plot = gr.Plot(fps, label="Speed vs resolution")
-        self.accuracy_plot = gr.Plot(accuracy, label="Accuracy vs speed")
+        # One chart per row: their subtitles name the hardware and settings and need the width.
+        self.memory_plot = gr.Plot(memory, label="Peak memory vs resolution", show_label=False)
+        self.fps_plot = gr.Plot(fps, label="Speed vs resolution", show_label=False)
+        self.accuracy_plot = gr.Plot(accuracy, label="Accuracy vs speed", show_label=False)
         self.table = gr.Dataframe(table, label="Every point", interactive=False, wrap=True)
         with gr.Accordion("Measure on this machine", open=False):
             gr.Markdown(
@@ -296,9 +306,7 @@ def build() -> BenchmarkPage:
 
 
 CSS = """
-.vos-bench-details { border-collapse: collapse; font-size: 0.85rem; margin: 0 0 8px !important;
-  border: none !important; }
-.vos-bench-details th, .vos-bench-details td { text-align: left; padding: 2px 10px 2px 0 !important;
-  vertical-align: top; border: none !important; }
-.vos-bench-details th { font-weight: 600; white-space: nowrap; color: var(--body-text-color-subdued); }
+.vos-bench-details { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; font-size: 0.85rem;
+  margin: 0 0 8px; overflow-wrap: anywhere; }
+.vos-bench-details > span:nth-child(odd) { font-weight: 600; color: var(--body-text-color-subdued); }
 """
