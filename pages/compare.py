@@ -50,6 +50,7 @@ RESOLUTIONS = [
 DEFAULT_RESOLUTION = 854
 TOOL_CHOICES = [("⊕ Include", pr.INCLUDE), ("⊖ Exclude", pr.EXCLUDE), ("▭ Box (2 clicks)", pr.BOX)]
 WEIGHTS_CHOICES = [("Released weights", "hub"), ("Random weights (speed and memory only)", "random")]
+CHECKPOINT_TYPES = [".pth", ".tar", ".safetensors", ".pt", ".ckpt", ".bin"]
 DOWNLOAD_LABELS = {"video": "⬇ Side-by-side MP4", "masks": "⬇ Masks (zip)", "bundle": "⬇ Run bundle (zip)"}
 RUNNING_NOTE = ""  # while a run goes on, the results area holds only Gradio's queue position and progress bar
 PLAY_INTERVAL = 0.25  # seconds per frame when playing the grid: what a round trip per frame sustains
@@ -150,6 +151,24 @@ def option_overrides(info: MethodInfo, values: dict[str, Any]) -> dict[str, Any]
     return overrides
 
 
+def method_weights(info: MethodInfo, typed: str | None, uploads: list[str] | str | None, folder: Path) -> str | None:
+    """One method's weights spec from its advanced panel: uploaded checkpoint files win over the typed spec.
+
+    One file is used where it is; several are gathered into one folder (under their own names, which is how a
+    multi-network method tells its files apart). None means "the run's default" (the Weights radio).
+    """
+    files = [uploads] if isinstance(uploads, str) else list(uploads or [])
+    if len(files) == 1:
+        return files[0]
+    if files:
+        target = folder / "weights" / f"{info.key}-{uuid.uuid4().hex[:8]}"
+        target.mkdir(parents=True)
+        for path in files:
+            shutil.copyfile(path, target / Path(path).name)
+        return str(target)
+    return (typed or "").strip() or None
+
+
 def gather_ground_truth(files: list[str] | str | None, folder: Path) -> str | None:
     """A zip, or PNG files copied into one folder: what ``runner.read_ground_truth`` reads."""
     if not files:
@@ -239,6 +258,12 @@ class MethodControls:
     enabled: gr.Checkbox
     variant: gr.Radio
     options: list[tuple[Option, gr.components.Component]]
+    weights_text: gr.Textbox | None = None
+    weights_files: gr.File | None = None
+
+    def inputs(self) -> list[gr.components.Component]:
+        extra = [c for c in (self.weights_text, self.weights_files) if c is not None]
+        return [self.enabled, self.variant, *extra, *(c for _, c in self.options)]
 
 
 @dataclass
@@ -412,21 +437,40 @@ class ComparePage:
                     min_width=180,
                 )
                 self.weights = gr.Radio(WEIGHTS_CHOICES, value="hub", label="Weights", min_width=240)
-            with gr.Accordion("Advanced: method options", open=False):
-                with_options = [m for m in self.methods if m.info.options]
-                if not with_options:
-                    gr.Markdown("No method declares options.")
+            with gr.Accordion("Advanced: checkpoints and method options", open=False):
                 gr.Markdown(
-                    "Generated from each method's declared options; defaults are the official release's, and the "
-                    "paper's value is given where it differs.",
+                    "Per method: your own checkpoint (the authors' release file as published, a converted "
+                    "safetensors file, several files for a method with several networks, or `hf://OWNER/REPO`), "
+                    "and its options, generated from the method's declarations. Defaults are the official "
+                    "release's; the paper's value is given where it differs.",
                     elem_classes="vos-small",
                 )
-                for controls in with_options:
-                    count = len(controls.info.options)
-                    label = f"{controls.info.title} ({count} option{'s' if count > 1 else ''})"
-                    with gr.Accordion(label, open=False), gr.Row(elem_classes="vos-options"):
-                        for opt in controls.info.options:
-                            controls.options.append((opt, option_component(controls.info, opt)))
+                for controls in self.methods:
+                    info = controls.info
+                    count = len(info.options)
+                    label = info.title + (f" ({count} option{'s' if count != 1 else ''})" if count else "")
+                    with gr.Accordion(label, open=False):
+                        with gr.Row(elem_classes="vos-options"):
+                            controls.weights_text = gr.Textbox(
+                                label="checkpoint",
+                                placeholder="the Weights choice above",
+                                info="hub, random, hf://OWNER/REPO[/FILE] or a path on this machine",
+                                key=f"weights-{info.key}",
+                                elem_id=f"vos-weights-{info.key}",
+                            )
+                            controls.weights_files = gr.File(
+                                label="or upload checkpoint files",
+                                file_count="multiple",
+                                file_types=CHECKPOINT_TYPES,
+                                type="filepath",
+                                height=90,
+                                key=f"weights-files-{info.key}",
+                                elem_id=f"vos-weights-files-{info.key}",
+                            )
+                        if info.options:
+                            with gr.Row(elem_classes="vos-options"):
+                                for opt in info.options:
+                                    controls.options.append((opt, option_component(info, opt)))
             with gr.Accordion("Ground truth (optional): score J&F", open=False) as self.gt_accordion:
                 self.ground_truth = gr.File(
                     label="A zip (or the PNG files) of palette masks, one per frame, at the clip's size",
@@ -553,7 +597,7 @@ class ComparePage:
 
         run_inputs = {self.session, self.device, self.resolution, self.weights, self.ground_truth}
         for controls in self.methods:
-            run_inputs |= {controls.enabled, controls.variant, *(c for _, c in controls.options)}
+            run_inputs |= set(controls.inputs())
         prepared = self.run_button.click(
             self.on_prepare,
             run_inputs,
@@ -776,7 +820,10 @@ class ComparePage:
             if not values[controls.enabled]:
                 continue
             options = option_overrides(controls.info, {opt.name: values[c] for opt, c in controls.options})
-            specs.append(MethodSpec(controls.info.key, values[controls.variant], options).validated())
+            weights = method_weights(
+                controls.info, values[controls.weights_text], values[controls.weights_files], session.path
+            )
+            specs.append(MethodSpec(controls.info.key, values[controls.variant], options, weights).validated())
         if not specs:
             raise gr.Error("Tick at least one method (step 3).")
         device = values[self.device] or "auto"

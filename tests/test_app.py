@@ -339,12 +339,16 @@ def test_compare_page_callbacks_run_a_comparison(tiny):
     for controls in page.methods:
         values[controls.enabled] = controls.info.key in {"fake_copy", "fake_oom"}
         values[controls.variant] = controls.info.default_variant
+        values[controls.weights_text] = "random" if controls.info.key == "fake_oom" else ""
+        values[controls.weights_files] = None
         for opt, component in controls.options:
             values[component] = 2 if (controls.info.key, opt.name) == ("fake_copy", "shift") else opt.default
     prepared = page.on_prepare(values)
     request = prepared[page.request]
     assert [s.key for s in request.specs] == ["fake_copy", "fake_oom"]
     assert request.specs[0].options == {"shift": 2} and request.weights == "random" and request.max_side is None
+    # A blank checkpoint box leaves the run's choice; a typed one is that method's alone.
+    assert request.specs[0].weights is None and request.specs[1].weights == "random"
 
     *_, (live, run_dir) = compare.run_job(session, request, prepared[page.token])
     assert run_dir and "out of memory" in live
@@ -371,6 +375,7 @@ def test_run_refuses_an_empty_prompt_and_no_methods(tiny):
     for controls in page.methods:
         values[controls.enabled] = False
         values[controls.variant] = controls.info.default_variant
+        values[controls.weights_text], values[controls.weights_files] = "", None
         values.update({c: opt.default for opt, c in controls.options})
     with pytest.raises(gr.Error, match="Mark at least one object"):
         page.on_prepare(values)
@@ -379,6 +384,24 @@ def test_run_refuses_an_empty_prompt_and_no_methods(tiny):
         page.on_prepare(values)
     with pytest.raises(gr.Error, match="Upload a clip first"):
         page.on_new_object(None)
+
+
+def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path):
+    from pages import compare
+
+    with gr.Blocks():
+        page = compare.ComparePage().build()
+    assert all(c.weights_text is not None and c.weights_files is not None for c in page.methods)
+    info = page.methods[0].info
+    one, two = tmp_path / "davis_train.pth.tar", tmp_path / "raft-things.pth"
+    one.write_bytes(b"a")
+    two.write_bytes(b"b")
+    assert compare.method_weights(info, "  ", None, tmp_path) is None
+    assert compare.method_weights(info, " hf://me/mine ", None, tmp_path) == "hf://me/mine"
+    assert compare.method_weights(info, "hf://me/mine", [str(one)], tmp_path) == str(one)
+    folder = Path(compare.method_weights(info, "", [str(one), str(two)], tmp_path))
+    # Several files keep their names in one folder: that is how a multi-network method tells them apart.
+    assert folder.parent == tmp_path / "weights" and sorted(p.name for p in folder.iterdir()) == [one.name, two.name]
 
 
 def test_user_errors_become_gradio_errors(tmp_path):
