@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import http.server
 import os
+import pickle
 import re
 import threading
 from collections.abc import Iterator
@@ -244,13 +245,19 @@ def test_manifest_rows_are_complete():
         assert item.sha256 == "" or re.fullmatch(r"[0-9a-f]{64}", item.sha256), file_id
         if item.converter:
             assert re.fullmatch(r"[\w.]+:\w+", item.converter), file_id
+        assert item.source is not None, f"{file_id}: every file records its official source"
+        assert item.source.kind in weights.SOURCE_KINDS
         if item.ours:  # we convert it, so there must be a release to convert from
-            assert item.source is not None, file_id
+            assert item.official is not None, file_id
         else:
             assert not item.converter, f"{file_id}: files in timm's repositories are loaded as they are"
-        if item.source is not None:
-            assert item.source.kind in weights.SOURCE_KINDS
-            assert item.source.id if item.source.kind.startswith("gdrive") else item.source.url.startswith("https://")
+            # the Hub file is the official copy: recorded as such, and never downloaded a second way
+            assert item.source.kind == "hub" and item.official is None, file_id
+            assert (item.source.repo, item.source.filename) == (item.hub_repo, item.hub_file), file_id
+        if item.source.kind.startswith("gdrive"):
+            assert item.source.id, file_id
+        elif item.source.kind == "url" or item.source.url:
+            assert item.source.url.startswith("https://"), file_id
     timm = {fid: rows[fid].hub_repo for fid in REQUIRED_IDS if rows[fid].hub_repo}
     assert timm["backbone.dino_vits8"] == "timm/vit_small_patch8_224.dino"
     assert timm["backbone.resnet50_tv"] == "timm/resnet50.tv_in1k"
@@ -273,6 +280,10 @@ def test_manifest_rejects_typos_and_unknown_ids(env):
     with pytest.raises(weights.ManifestError, match="kind"):
         weights.Entry.from_table(
             "x.y", {"title": "t", "hub_file": "x.safetensors", "licence": "MIT", "source": {"kind": "ftp"}}
+        )
+    with pytest.raises(weights.ManifestError, match="needs repo"):
+        weights.Entry.from_table(
+            "x.y", {"title": "t", "hub_file": "x.safetensors", "licence": "MIT", "source": {"kind": "hub"}}
         )
     with pytest.raises(weights.UnknownWeights, match="Did you mean 'tvos.davis_train'"):
         weights.entry("tvos.davis_trian")
@@ -340,6 +351,90 @@ def test_convert_cli_writes_fp32_safetensors_that_hub_then_finds(env, capsys):
     assert "several files" in capsys.readouterr().err
 
 
+def test_convert_refuses_another_networks_file_and_writes_nothing(env, capsys):
+    pth = save_official(reference(Decoder, 3), env / "dec_release.pth")
+    with pytest.raises(weights.KeyMismatch) as caught:
+        weights.convert("wtest:one", pth, env / "out.safetensors")
+    message = str(caught.value)
+    assert "wtest:one part 'encoder' (wtest.encoder)" in message
+    assert "missing key(s): conv.weight" in message and "unexpected key(s): head.weight" in message
+    assert "Nothing was written" in message
+    assert not (env / "out.safetensors").exists() and files_under(weights.cache_root()) == []
+
+    assert main(["weights", "convert", "wtest.encoder", str(pth)]) == 2  # by file id: the network of its user
+    assert "missing key(s): conv.weight" in capsys.readouterr().err
+    assert files_under(weights.cache_root()) == []
+
+
+def _tvos_release(path: Path) -> Path:
+    """A file in the layout of TVOS's davis_train.pth.tar (names and shapes of the release, 318 tensors) whose
+    tensors are zero-stride views of one number, so it takes a few kilobytes."""
+    layout, _ = weights.network_layout("tvos.davis_train")
+    renames = {
+        "conv1.": "backbone.0.",
+        "bn1.": "backbone.1.",
+        **{f"layer{i}.": f"backbone.{i + 3}." for i in range(1, 5)},
+    }
+    state = {}
+    for key, shape in layout.items():
+        for ours, theirs in renames.items():
+            if key.startswith(ours):
+                key = theirs + key.removeprefix(ours)
+        state[f"module.{key}"] = torch.zeros(()).expand(shape)
+    torch.save({"state_dict": state, "epoch": 240}, path)
+    return path
+
+
+def test_a_tvos_checkpoint_is_not_converted_as_the_xcit_backbone(env, capsys):
+    release = _tvos_release(env / "davis_train.pth.tar")
+    assert main(["weights", "convert", "mixture:xcit", str(release)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit mixture:xcit part 'xcit' (backbone.dino_xcit_small_12_p8)" in err
+    assert "missing key(s): cls_token" in err and "318 unexpected key(s)" in err
+    assert files_under(weights.cache_root()) == []
+    # it fits the network it was made for (checked without writing its 100 MB)
+    layout, _ = weights.network_layout("tvos.davis_train")
+    converted = weights.to_ours(weights.entry("tvos.davis_train"), weights.read_checkpoint(release))
+    assert weights.layout_diff(weights.shapes(converted), layout).ok
+
+
+def test_an_official_download_of_another_network_is_not_cached(env, server, online_without_hub, monkeypatch):
+    data = save_official(reference(Decoder, 14), env / "served.pth").read_bytes()
+    serve_encoder_row(monkeypatch, server, data)
+    for _ in range(2):  # the second load must fail the same way, not find a poisoned cache
+        with pytest.raises(weights.KeyMismatch, match="missing key\\(s\\): conv.weight"):
+            WeightsTestMethod("one", device="cpu", weights="hub")
+        assert not weights.converted_path(weights.entry("wtest.encoder")).exists()
+    # the fetch command resolves without a module at hand: the network is built on the meta device
+    assert main(["weights", "fetch", "wtest.encoder"]) == 2
+    assert not weights.converted_path(weights.entry("wtest.encoder")).exists()
+
+
+def test_network_layout_is_built_on_the_meta_device(env):
+    layout, what = weights.network_layout("wtest.decoder")
+    assert layout == {"head.weight": (2, 4), "head.bias": (2,)} and what == "wtest:two part 'decoder' (wtest.decoder)"
+    xcit, what = weights.network_layout("backbone.dino_xcit_small_12_p8", method="mixture", variant="xcit_dinov2_b")
+    assert what == "mixture:xcit_dinov2_b part 'xcit' (backbone.dino_xcit_small_12_p8)"
+    assert xcit["cls_token"] == (1, 1, 384) and len(xcit) > 300
+    with pytest.raises(weights.ConversionError, match="No registered method loads simvos.b"):
+        weights.network_layout("simvos.b")
+
+
+def test_cached_conversion_with_another_sha256_than_the_manifest_is_refused(env, monkeypatch):
+    ref = reference(Encoder, 19)
+    cached = weights.converted_path(weights.entry("wtest.encoder"))
+    sha = weights.save_safetensors(ref.state_dict(), cached)
+    for recorded, fits in (("0" * 64, False), (sha, True)):
+        row = dict(ENTRIES["wtest.encoder"], sha256=recorded)
+        monkeypatch.setitem(weights.EXTRA_ENTRIES, "wtest.encoder", weights.Entry.from_table("wtest.encoder", row))
+        if fits:
+            assert same_weights(WeightsTestMethod("one", device="cpu", weights="hub").encoder, ref)
+            continue
+        with pytest.raises(weights.ChecksumMismatch) as caught:
+            WeightsTestMethod("one", device="cpu", weights="hub")
+        assert str(cached) in str(caught.value) and "weights fetch wtest.encoder" in str(caught.value)
+
+
 class NotWeights:
     pass
 
@@ -347,10 +442,37 @@ class NotWeights:
 def test_pickles_with_arbitrary_objects_are_refused(env):
     bad = {"state_dict": reference(Encoder, 0).state_dict(), "payload": NotWeights()}
     torch.save(bad, env / "bad.pth")
-    with pytest.raises(
-        weights.ConversionError, match=rf"holds a {re.escape(__name__)}\.NotWeights object.*weights_only"
-    ):
-        WeightsTestMethod("one", device="cpu", weights=str(env / "bad.pth"))
+    with (env / "plain.pth").open("wb") as handle:
+        pickle.dump({"payload": NotWeights()}, handle, protocol=2)
+    for name in ("bad.pth", "plain.pth"):
+        with pytest.raises(weights.ConversionError) as caught:
+            WeightsTestMethod("one", device="cpu", weights=str(env / name))
+        message = str(caught.value)
+        assert f"{name} holds objects other than tensors and plain data (a {__name__}.NotWeights)" in message
+        assert "never unpickles" in message
+        assert not re.search(r"weights_only(=| set to )False", message), "never advise turning the safety off"
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("content", ["random", "pickle4", "empty", "cut"])
+def test_unreadable_files_are_named_without_torchs_advice(env, content):
+    path = env / "garbage.pth"
+    if content == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif content == "pickle4":  # a plain (non-torch) pickle whose opcodes the safe unpickler does not take
+        path.write_bytes(pickle.dumps({"payload": NotWeights()}, protocol=4))
+    elif content == "cut":
+        torch.save(reference(Encoder, 0).state_dict(), path)
+        path.write_bytes(path.read_bytes()[:300])
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(weights.ConversionError) as caught:
+        weights.read_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a readable PyTorch checkpoint (") and message.endswith(")")
+    assert "weights_only" not in message and "Re-running" not in message
+    with pytest.raises(weights.ConversionError, match="not a readable PyTorch checkpoint"):
+        WeightsTestMethod("one", device="cpu", weights=str(path))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -581,6 +703,48 @@ def test_drive_file_and_drive_folder_picked_by_layout(env, online_without_hub, m
     assert sorted(fetched) == ["drive-decoder", "id-enc", "id-other"]
 
 
+def test_a_cut_drive_folder_download_resumes(env, online_without_hub, monkeypatch):
+    import requests
+
+    enc, dec = reference(Encoder, 20), reference(Decoder, 21)
+    drive = {
+        "id-other": save_official(dec, env / "drive" / "other.pth").read_bytes(),
+        "id-enc": save_official(enc, env / "drive" / "enc.pth").read_bytes(),
+    }
+    fetched: list[str] = []
+    cut = {"id-enc"}
+
+    def fake_gdown(file_id: str, dest: Path) -> None:
+        fetched.append(file_id)
+        if file_id in cut:
+            cut.discard(file_id)
+            dest.write_bytes(drive[file_id][:100])
+            raise requests.ConnectionError("connection reset (test)")
+        dest.write_bytes(drive[file_id])
+
+    monkeypatch.setattr(weights, "_download_gdrive", fake_gdown)
+    monkeypatch.setattr(
+        weights, "_gdrive_folder_listing", lambda folder: [("id-other", "x/o.pth"), ("id-enc", "e.pth")]
+    )
+    folder = weights.official_dir(weights.entry("wtest.folder_part"))
+    with pytest.raises(weights.WeightsUnavailable, match="connection reset"):
+        WeightsTestMethod("drive", device="cpu", weights="hub")
+    assert [p.name for p in files_under(folder)] == ["o.pth"] and not weights.folder_complete(folder)
+    assert weights.cache_status(weights.entry("wtest.folder_part")) == "no"
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(weights.WeightsUnavailable, match="partly downloaded"):
+        WeightsTestMethod("drive", device="cpu", weights="hub")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    method = WeightsTestMethod("drive", device="cpu", weights="hub")
+    assert same_weights(method.encoder, enc)
+    assert fetched == ["id-other", "id-enc", "id-enc"], "only the missing file is fetched again"
+    assert weights.folder_complete(folder)
+    assert (folder / weights.FOLDER_DONE).read_text() == "id-other\tx/o.pth\nid-enc\te.pth\n"
+    assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
+
+
 def _loaded(cls: type[nn.Module], path: Path) -> nn.Module:
     module = cls()
     module.load_state_dict(load_file(str(path)))
@@ -591,17 +755,30 @@ def _loaded(cls: type[nn.Module], path: Path) -> nn.Module:
 # CLI, publishing, Space front matter
 
 
-def test_weights_list_shows_every_file(env, capsys):
+def test_weights_list_has_a_row_per_method_variant_part(env, capsys):
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
-    for file_id in weights.manifest():
-        assert re.search(rf"^{re.escape(file_id)}\s", out, re.M), file_id
+    lines = out.splitlines()
+    header = lines[0]
+    assert header.split() == ["METHOD:VARIANT", "PART", "FILE", "ID", "SIZE", "CACHED", "COMES", "FROM"]
+    starts = [header.index(name) for name in ("PART", "FILE ID", "SIZE")]
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for line in lines[1 : lines.index("")]:  # cut at the column starts: misaligned columns would garble the cells
+        used, part, file_id = (line[a:b].strip() for a, b in zip([0, *starts], starts))
+        rows.setdefault(used, []).append((part, file_id))
+    assert rows["mixture:xcit_dinov2_s"] == [
+        ("xcit", "backbone.dino_xcit_small_12_p8"),
+        ("dinov2", "backbone.dinov2_vits14"),
+    ]
+    assert rows["mixture:rgb"] == [("-", "none needed")]
+    assert rows["wtest:two"] == [("encoder", "wtest.encoder"), ("decoder", "wtest.decoder")]
+    listed = {file_id for parts in rows.values() for _, file_id in parts}
+    assert set(weights.manifest()) <= listed, "files of unregistered methods and unused files are listed too"
+    row = next(line for line in lines if line.startswith("tvos:davis_train "))
+    assert "embedding" in row and "48.8 MB" in row and " no " in row and "1SWZ20zTHgOpha0MlF8iOdqEHFkALdZn7" in row
+    timm = next(line for line in lines if "backbone.dinov2_vits14" in line)
+    assert timm.endswith("Hub timm/vit_small_patch14_dinov2.lvd142m/model.safetensors (the official copy)")
     assert "Offline" in out
-    header = out.splitlines()[0]
-    assert header.split() == ["FILE", "ID", "USED", "BY", "SIZE", "CACHED", "COMES", "FROM"]
-    row = next(line for line in out.splitlines() if line.startswith("tvos.davis_train "))
-    assert row.index("tvos ") == header.index("USED BY")  # aligned columns
-    assert "1SWZ20zTHgOpha0MlF8iOdqEHFkALdZn7" in row
 
 
 def test_fetch_offline_fails_with_the_reason(env, capsys):
@@ -619,7 +796,7 @@ def test_push_selects_converted_files_and_writes_a_model_card(env):
     assert [item.id for item, _ in ready] == ["wtest.encoder"]
     assert [item.id for item in missing] == ["wtest.decoder"]  # the timm-hosted backbone is never pushed
 
-    card = weights.model_card(ready, "me/weights")
+    card = weights.model_card(weights.card_files(ready), "me/weights")
     assert card.startswith("---\nlicense: other\n")
     path = ready[0][1]
     for text in (
@@ -633,6 +810,65 @@ def test_push_selects_converted_files_and_writes_a_model_card(env):
 
     with pytest.raises(weights.DownloadFailed, match="HF_HUB_OFFLINE"):
         weights.push("me/weights", what=["wtest"])
+
+
+@pytest.fixture
+def fake_hub(monkeypatch) -> tuple[list, list]:
+    """HfApi's repository calls replaced: (files the repository lists, operations of each commit made)."""
+    from huggingface_hub import HfApi
+
+    in_repo: list = []
+    commits: list = []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(HfApi, "list_repo_tree", lambda self, repo_id, **kw: iter(in_repo))
+    monkeypatch.setattr(
+        HfApi, "create_commit", lambda self, repo_id, operations, **kw: commits.append(list(operations))
+    )
+    return in_repo, commits
+
+
+def test_push_card_lists_files_already_in_the_repository(env, fake_hub):
+    from huggingface_hub import RepoFile
+
+    in_repo, commits = fake_hub
+    encoder = weights.converted_path(weights.entry("wtest.encoder"))
+    sha = weights.save_safetensors(reference(Encoder, 22).state_dict(), encoder)
+    old_sha = "ab" * 32
+    in_repo += [
+        RepoFile(path="README.md", size=900, oid="1"),
+        RepoFile(path=".gitattributes", size=1500, oid="2"),
+        RepoFile(
+            path="wtest/decoder.safetensors",
+            size=2_500_000,
+            oid="3",
+            lfs={"size": 2_500_000, "oid": old_sha, "pointerSize": 134},
+        ),
+        RepoFile(
+            path="wtest/encoder.safetensors", size=10, oid="4", lfs={"size": 10, "oid": "cd" * 32, "pointerSize": 134}
+        ),
+        RepoFile(path="someone/else.safetensors", size=10, oid="5"),
+    ]
+
+    pushed = weights.push("me/weights", what=["wtest:one"])
+    assert [item.id for item, _ in pushed] == ["wtest.encoder"]
+    [operations] = commits
+    assert [op.path_in_repo for op in operations] == ["wtest/encoder.safetensors", "README.md"]
+    card = operations[-1].path_or_fileobj.decode()
+    rows = [line for line in card.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["wtest/encoder.safetensors", "wtest/decoder.safetensors"]
+    assert sha in rows[0] and "cd" * 32 not in card, "the file being pushed replaces the repository's"
+    assert old_sha in rows[1] and "2.5 MB" in rows[1] and "test decoder" in rows[1]
+    assert "someone/else" not in card
+
+
+def test_push_refuses_a_cached_file_that_does_not_fit(env, fake_hub):
+    _, commits = fake_hub
+    poisoned = weights.converted_path(weights.entry("wtest.encoder"))
+    weights.save_safetensors(reference(Decoder, 23).state_dict(), poisoned)  # as an unchecked conversion left it
+    with pytest.raises(weights.KeyMismatch, match="Nothing was uploaded"):
+        weights.push("me/weights", what=["wtest:one"])
+    assert commits == []
 
 
 def test_preload_from_hub_front_matter(env):

@@ -11,7 +11,8 @@ Where a method's weights come from (``weights=`` in Python, ``--weights`` on the
   else by key layout); or ``hf://OWNER/REPO[/FILE]``. Shared backbones the authors do not ship (timm's DINO, ...)
   come from the Hub when the folder has no file for them.
 
-Loading is strict: a file whose keys or shapes do not fit raises KeyMismatch naming them. Official pickles are only
+Loading is strict: a file whose keys or shapes do not fit raises KeyMismatch naming them, and so does converting
+one (checked against the network built on the meta device, before anything is written). Official pickles are only
 opened with ``torch.load(weights_only=True)`` (plus a short allowlist of plain data types such as argparse.Namespace
 that old checkpoints carry); nothing here ever unpickles arbitrary objects.
 
@@ -31,6 +32,7 @@ import logging
 import os
 import pickle
 import re
+import struct
 import sys
 import tomllib
 import uuid
@@ -52,11 +54,17 @@ Converter = Callable[[Any], StateDict]
 MANIFEST_PATH = Path(__file__).resolve().parent.parent / "weights" / "manifest.toml"
 REPO_ENV = "VOS_WEIGHTS_REPO"
 CACHE_ENV = "VOS_CACHE"
-SOURCE_KINDS = ("gdrive", "gdrive_folder", "url")
+# "hub": the authors' weights are published on the Hub itself (timm's repositories), so there is nothing else to
+# download; the row records that source for the record, and vos never fetches a "hub" source twice.
+SOURCE_KINDS = ("gdrive", "gdrive_folder", "url", "hub")
+_SOURCE_REQUIRES = {"gdrive": "id", "gdrive_folder": "id", "url": "url", "hub": "repo"}
 OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt")  # .pth.tar ends in .tar
 WEIGHT_SUFFIXES = (".safetensors", *OFFICIAL_SUFFIXES)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _SHOWN = 5  # names listed per kind of key problem
+# Written into a downloaded Drive folder once every file of its listing is there: each file is renamed into place
+# whole, but a download cut between two files leaves a folder that looks complete without it.
+FOLDER_DONE = ".vos-complete"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -104,12 +112,13 @@ class OfficialFolderUnmatched(WeightsUnavailable):
 class ChecksumMismatch(VosError, ValueError):
     """A downloaded or cached file's size or sha256 differs from the manifest's."""
 
-    def __init__(self, what: str, kind: str, expected: Any, actual: Any):
+    def __init__(self, what: str, kind: str, expected: Any, actual: Any, *, fix: str = ""):
         self.what, self.kind, self.expected, self.actual = what, kind, expected, actual
-        super().__init__(
-            f"{what}: {kind} is {actual}, the manifest expects {expected}. The file was not kept; the download may "
-            "have been cut or the source changed. Try again, and if it persists report it (weights/manifest.toml)."
+        fix = fix or (
+            "The file was not kept; the download may have been cut or the source changed. Try again, and if it "
+            "persists report it (weights/manifest.toml)."
         )
+        super().__init__(f"{what}: {kind} is {actual}, the manifest expects {expected}. {fix}")
 
 
 class KeyMismatch(VosError, ValueError):
@@ -117,7 +126,8 @@ class KeyMismatch(VosError, ValueError):
 
     def __init__(self, file: str, target: str, diff: LayoutDiff, hint: str = ""):
         self.file, self.target, self.diff = file, target, diff
-        super().__init__(f"{file} does not fit {target}: {diff.describe()}.{hint}")
+        text = diff.describe()
+        super().__init__(f"{file} does not fit {target}: {text}{'' if text.endswith('...') else '.'}{hint}")
 
 
 class AmbiguousWeights(VosError, ValueError):
@@ -199,16 +209,25 @@ class Source:
 
     kind: str  # one of SOURCE_KINDS
     id: str = ""  # Google Drive file or folder id
-    url: str = ""
+    url: str = ""  # the download; for kind "hub", the authors' original release, for reference only
+    repo: str = ""  # kind "hub": the Hub repository
     filename: str = ""  # as published; "" = not recorded
     size: str = ""  # for display
     size_bytes: int | None = None  # exact, checked after download
     sha256: str = ""  # exact, checked after download
     note: str = ""
 
+    @property
+    def downloadable(self) -> bool:
+        """Somewhere besides the Hub to download from."""
+        return self.kind != "hub"
+
     def describe(self) -> str:
         where = {"gdrive": "Google Drive file", "gdrive_folder": "Google Drive folder"}.get(self.kind)
-        place = f"{where} {self.id}" if where else self.url
+        if self.kind == "hub":
+            place = f"Hugging Face Hub {self.repo}"
+        else:
+            place = f"{where} {self.id}" if where else self.url
         details = [self.filename or "file name not recorded"]
         if self.size and self.size != "unknown":
             details.append(self.size)
@@ -244,14 +263,19 @@ class Entry:
         """A feature extractor the authors do not ship: a folder of release files may leave it to the Hub."""
         return self.id.startswith("backbone.")
 
+    @property
+    def official(self) -> Source | None:
+        """The authors' release when it is somewhere to download besides the Hub."""
+        return self.source if self.source is not None and self.source.downloadable else None
+
     def repo(self) -> str:
         return self.hub_repo or weights_repo()
 
     def names(self) -> set[str]:
         """File names that identify this file in a user's folder."""
         names = {f"{self.id}.safetensors", *self.aliases}
-        if self.source and self.source.filename:
-            names.add(self.source.filename)
+        if self.official and self.official.filename:
+            names.add(self.official.filename)
         base = self.hub_file.rsplit("/", 1)[-1]
         if base != "model.safetensors":  # timm's generic name identifies nothing
             names.add(base)
@@ -278,6 +302,9 @@ class Entry:
                 raise ManifestError(
                     f"weights/manifest.toml [{file_id}.source]: kind {source.kind!r} is not one of {SOURCE_KINDS}."
                 )
+            needed = _SOURCE_REQUIRES[source.kind]
+            if not getattr(source, needed):
+                raise ManifestError(f"weights/manifest.toml [{file_id}.source]: kind {source.kind!r} needs {needed}.")
         return cls(id=file_id, source=source, **table)
 
 
@@ -370,15 +397,31 @@ def read_checkpoint(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        what = f"it holds a {found.group(1)} object" if found else str(err).strip().splitlines()[0][:200]
+        if found is None:
+            raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({_unpickler_reason(err)})") from err
         raise ConversionError(
-            f"{path} is not opened: {what}, not only weights and plain data, and vos-compare loads checkpoints with "
-            "torch.load(weights_only=True) only (never unpickling arbitrary objects). Re-save the state dict alone."
+            f"{path} holds objects other than tensors and plain data (a {found.group(1)}), and vos-compare never "
+            "unpickles such objects: checkpoints are opened with torch.load(weights_only=True) only. Use a file "
+            "that holds only tensors and plain data (a .safetensors file, for instance)."
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ConversionError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {err}"
-        ) from err
+    # Garbage makes the unpickler fail in many ways (an empty stack, an unknown memo key, a bad zip directory).
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, struct.error) as err:
+        raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({_load_reason(path, err)})") from err
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> str:
+    """torch's own reason without its advice, which around it tells the reader to set weights_only=False."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    reason = found.group(1) if found else text.strip().splitlines()[-1] if text.strip() else ""
+    return " ".join(reason.split())[:200] or type(err).__name__
+
+
+def _load_reason(path: Path, err: BaseException) -> str:
+    if isinstance(err, EOFError) and path.is_file() and path.stat().st_size == 0:
+        return "the file is empty"
+    first = str(err).strip().split(". ")[0].splitlines()[0][:200] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def unwrap_state_dict(obj: Any) -> StateDict:
@@ -611,7 +654,7 @@ def _fetch_to(dest: Path, fetch: Callable[[Path], None], source: Source | None, 
 
 
 def official_dir(entry: Entry) -> Path:
-    source = entry.source
+    source = entry.official
     if source is not None and source.kind == "gdrive_folder" and not source.filename:
         return cache_root() / "official" / f"gdrive-folder-{source.id}"  # shared by the files of that folder
     return cache_root() / "official" / entry.id
@@ -619,7 +662,7 @@ def official_dir(entry: Entry) -> Path:
 
 def official_path(entry: Entry) -> Path | None:
     """Where the downloaded release file is kept; None for a folder whose file names are not recorded."""
-    source = entry.source
+    source = entry.official
     if source is None or (source.kind == "gdrive_folder" and not source.filename):
         return None
     return official_dir(entry) / (source.filename or "checkpoint")
@@ -629,21 +672,24 @@ def converted_path(entry: Entry) -> Path:
     return cache_root() / "converted" / f"{entry.id}.safetensors"
 
 
+def folder_complete(folder: Path) -> bool:
+    """Whether a downloaded Drive folder holds every file of its listing (not cut off between two files)."""
+    return (folder / FOLDER_DONE).is_file()
+
+
 def download_official(file_id: str) -> Path:
     """Download a file's official release into the cache (verified; kept once complete) and return its path; for a
     Drive folder whose file names the manifest does not record, download every file and return the folder."""
     item = entry(file_id)
-    source = item.source
+    source = item.official
     if source is None:
         raise DownloadFailed(f"{file_id} has no official source besides the Hub ({item.repo()}).")
     label = source.describe()
     dest = official_path(item)
     if dest is None:
         folder = official_dir(item)
-        for drive_id, inner in _listing_or_fail(source.id, label):
-            target = folder / inner
-            if not target.exists():
-                _fetch_to(target, lambda tmp, i=drive_id: _download_gdrive(i, tmp), None, f"{label}: {inner}")
+        if not folder_complete(folder):
+            _download_folder(source.id, folder, label)
         return folder
     if dest.is_file():
         return dest
@@ -657,6 +703,24 @@ def download_official(file_id: str) -> Path:
             raise DownloadFailed(f"{label}: the folder has no file named {source.filename}")
         _fetch_to(dest, lambda tmp: _download_gdrive(matches[0], tmp), source, label)
     return dest
+
+
+def _download_folder(folder_id: str, folder: Path, label: str) -> None:
+    """Fetch the files of a Drive folder that are not here yet (a cut download resumes), then mark it complete."""
+    listing = _listing_or_fail(folder_id, label)
+    if not listing:
+        raise DownloadFailed(f"{label}: the folder lists no files (private, moved, or a Drive quota?)")
+    for drive_id, inner in listing:
+        target = folder / inner
+        if not target.is_file():
+            _fetch_to(target, lambda tmp, i=drive_id: _download_gdrive(i, tmp), None, f"{label}: {inner}")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{FOLDER_DONE}.{uuid.uuid4().hex}.part"
+    try:
+        tmp.write_text("".join(f"{drive_id}\t{inner}\n" for drive_id, inner in listing), encoding="utf-8")
+        os.replace(tmp, folder / FOLDER_DONE)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _listing_or_fail(folder_id: str, label: str) -> list[tuple[str, str]]:
@@ -741,13 +805,28 @@ def resolve_file(
     part: str | None = None,
     repo: str | None = None,
     download: bool = True,
+    expected: Shapes | None = None,
 ) -> Resolved:
     """A local safetensors file for ``file_id``: our cache of converted files -> the Hub (``repo`` replaces our
-    repository) -> the official release (downloaded, verified, converted, cached; not when offline)."""
+    repository) -> the official release (downloaded, verified, converted, cached; not when offline).
+
+    A release is converted only into a file that fits the network loading it: ``expected`` (its key shapes), else
+    the network of ``method``/``variant``/``part`` (or of any method using the file) built on the meta device."""
     item = entry(file_id)
     tried: list[tuple[str, str]] = []
     cached = converted_path(item)
     if cached.is_file() and not repo:
+        if item.sha256 and sha256_file(cached) != item.sha256.lower():
+            raise ChecksumMismatch(
+                str(cached),
+                "sha256",
+                item.sha256.lower(),
+                sha256_file(cached),
+                fix=(
+                    "It was converted from another release file or by another converter version; delete it and "
+                    f"`python -m vos weights fetch {file_id}` makes it again."
+                ),
+            )
         return Resolved(cached, "cache")
     tried.append((f"converted cache {cached}", "not there" if not repo else "skipped (a repository was named)"))
 
@@ -758,18 +837,30 @@ def resolve_file(
         tried.append((f"Hugging Face Hub {hub_repo} / {item.hub_file}", miss.reason))
     else:
         if item.sha256 and sha256_file(path) != item.sha256.lower():
-            raise ChecksumMismatch(f"{hub_repo}/{item.hub_file}", "sha256", item.sha256.lower(), sha256_file(path))
+            raise ChecksumMismatch(
+                f"{hub_repo}/{item.hub_file}",
+                "sha256",
+                item.sha256.lower(),
+                sha256_file(path),
+                fix="The Hub file is not used: the repository changed or the manifest is out of date; report it "
+                "(weights/manifest.toml).",
+            )
         return Resolved(path, f"hub:{hub_repo}")
 
     hint = ""
-    if item.source is not None:
-        label = item.source.describe()
+    source = item.official
+    if source is not None:
+        label = source.describe()
         hint = f", or download {label} yourself and pass it with --weights"
+
+        def convert(official: Path) -> Resolved:
+            return convert_official_file(item, official, method=method, variant=variant, part=part, expected=expected)
+
         done = official_path(item)
         folder = official_dir(item)
         if done is not None and done.is_file():
-            return convert_official_file(item, done)
-        if done is None and _weight_files(folder):
+            return convert(done)
+        if done is None and folder_complete(folder):
             raise OfficialFolderUnmatched(
                 folder,
                 file_id=file_id,
@@ -779,10 +870,11 @@ def resolve_file(
                 variant=variant,
                 part=part,
             )
+        partial = f" (partly downloaded to {folder}: the download was cut)" if done is None and folder.is_dir() else ""
         if offline():
-            tried.append((f"official {label}", "not downloaded: offline (HF_HUB_OFFLINE is set)"))
+            tried.append((f"official {label}", f"not downloaded{partial}: offline (HF_HUB_OFFLINE is set)"))
         elif not download:
-            tried.append((f"official {label}", "not downloaded"))
+            tried.append((f"official {label}", f"not downloaded{partial}"))
         else:
             try:
                 got = download_official(file_id)
@@ -790,7 +882,7 @@ def resolve_file(
                 tried.append((f"official {label}", str(err).removeprefix(f"{label}: ")))
             else:
                 if got.is_file():
-                    return convert_official_file(item, got)
+                    return convert(got)
                 raise OfficialFolderUnmatched(
                     got,
                     file_id=file_id,
@@ -805,13 +897,89 @@ def resolve_file(
     )
 
 
-def convert_official_file(item: Entry, official: Path, dest: Path | None = None) -> Resolved:
-    """Convert a release file to our layout and write it as safetensors (default: the converted cache)."""
-    state = to_ours(item, read_checkpoint(official), origin=str(official))
+def convert_official_file(
+    item: Entry,
+    official: Path,
+    dest: Path | None = None,
+    *,
+    method: str | None = None,
+    variant: str | None = None,
+    part: str | None = None,
+    expected: Shapes | None = None,
+) -> Resolved:
+    """Convert a release file to our layout and write it as safetensors (default: the converted cache).
+
+    The result is checked against the network that loads it (``expected``, else one built on the meta device)
+    before anything is written: another network's file would otherwise sit in the cache (or on the Hub, after
+    ``push``) under this file's name."""
+    target = item.id
+    if expected is None:
+        expected, target = network_layout(item.id, method=method, variant=variant, part=part)
+    elif method and variant and part:
+        target = _describe_part(method, variant, part, item.id)
+    state = to_ours(item, read_checkpoint(official), expected, origin=str(official))
+    diff = layout_diff(shapes(state), expected)
+    if not diff.ok:
+        release = f"; the release of {item.id} is {item.official.describe()}" if item.official else ""
+        raise KeyMismatch(str(official), target, diff, hint=f" Nothing was written{release}.")
     dest = dest or converted_path(item)
     save_safetensors(state, dest)
     log.info("converted %s -> %s (%d tensors)", official, dest, len(state))
-    return Resolved(dest, f"official:{item.source.describe() if item.source else official.name}", converted=True)
+    return Resolved(dest, f"official:{item.official.describe() if item.official else official.name}", converted=True)
+
+
+def _describe_part(method: str, variant: str, part: str, file_id: str) -> str:
+    return f"{method}:{variant} part {part!r} ({file_id})"
+
+
+class _PartBuilt(Exception):
+    """Stops a probe build once the wanted network exists (nothing after it in ``_build`` needs to run)."""
+
+    def __init__(self, layout: Shapes):
+        self.layout = layout
+        super().__init__("part built")
+
+
+def network_layout(
+    file_id: str, *, method: str | None = None, variant: str | None = None, part: str | None = None
+) -> tuple[Shapes, str]:
+    """Key names and shapes of the network that loads ``file_id`` and its description, from the method's own
+    ``_build`` run on the meta device (no memory, no weights): the first of ``method``/``variant``/``part`` (or any
+    registered method) whose parts name the file."""
+    from vos.methods import available, method_class
+
+    users = [
+        (info.key, v, p)
+        for info in available()
+        if method in (None, info.key)
+        for v in info.variants
+        if variant in (None, v)
+        for p, fid in info.parts(v).items()
+        if fid == file_id and part in (None, p)
+    ]
+    if not users:
+        asked = f" as {method}:{variant or '*'}" if method else ""
+        raise ConversionError(
+            f"No registered method loads {file_id}{asked}, so a conversion cannot be checked against its network; "
+            "nothing was written."
+        )
+    key, chosen_variant, chosen_part = users[0]
+    cls = method_class(key)
+    probe = cls.__new__(cls)
+
+    def capture(name: str, module: torch.nn.Module) -> None:
+        if name == chosen_part:
+            raise _PartBuilt(shapes(module.state_dict()))
+
+    probe.load_part = capture  # an instance attribute: the probe alone loads nothing
+    try:
+        with torch.device("meta"):
+            cls.__init__(probe, chosen_variant, device=torch.device("meta"), weights="random")
+    except _PartBuilt as built:
+        return built.layout, _describe_part(key, chosen_variant, chosen_part, file_id)
+    raise ConversionError(
+        f"{key}:{chosen_variant} declares part {chosen_part!r} ({file_id}) but its build never loads it."
+    )
 
 
 def resolve(method: str, variant: str | None = None) -> dict[str, Path]:
@@ -911,7 +1079,7 @@ class _Target:
         self.expected: Shapes = shapes(self.module.state_dict())
 
     def describe(self) -> str:
-        return f"{self.method}:{self.variant} part {self.part!r} ({self.item.id})"
+        return _describe_part(self.method, self.variant, self.part, self.item.id)
 
     def other_entries(self) -> list[Entry]:
         return [entry(fid) for p, fid in self.parts.items() if p != self.part and fid != self.item.id]
@@ -920,13 +1088,21 @@ class _Target:
 def _from_hub_spec(target: _Target, repo: str | None = None) -> tuple[Resolved, StateDict]:
     item = target.item
     try:
-        resolved = resolve_file(item.id, method=target.method, variant=target.variant, part=target.part, repo=repo)
+        resolved = resolve_file(
+            item.id,
+            method=target.method,
+            variant=target.variant,
+            part=target.part,
+            repo=repo,
+            expected=target.expected,
+        )
     except OfficialFolderUnmatched as err:
         # The authors' folder is here but the manifest does not name our file in it: pick it by key layout, then
         # keep the converted result so the next load (and `weights push`) finds it directly.
         resolved, state = _from_local(target, _weight_files(err.folder), err.folder, single=False, label="official")
         save_safetensors(state, converted_path(item))
-        resolved.source = f"official:{item.source.describe() if item.source else err.folder} ({resolved.path.name})"
+        where = item.official.describe() if item.official else err.folder
+        resolved.source = f"official:{where} ({resolved.path.name})"
         return resolved, state
     return resolved, read_checkpoint(resolved.path)
 
@@ -1068,7 +1244,7 @@ def _from_local(
         reasons = [(str(root), "unreadable: " + "; ".join(str(err) for err in unreadable))]
     raise WeightsUnavailable(
         file_id=item.id,
-        filename=item.source.filename if item.source and item.source.filename else item.hub_file,
+        filename=item.official.filename if item.official and item.official.filename else item.hub_file,
         tried=reasons,
         method=target.method,
         variant=target.variant,
@@ -1126,25 +1302,65 @@ def cache_status(item: Entry) -> str:
         return "converted"
     if isinstance(try_to_load_from_cache(item.repo(), item.hub_file, cache_dir=hub_cache_dir()), str):
         return "hub cache"
+    if item.official is None:
+        return "no"
     official = official_path(item)
-    if (official is not None and official.is_file()) or (official is None and _weight_files(official_dir(item))):
+    if (official is not None and official.is_file()) or (official is None and folder_complete(official_dir(item))):
         return "official file"
     return "no"
 
 
 def where_from(item: Entry) -> str:
     text = f"Hub {item.repo()}/{item.hub_file}"
-    if item.source is not None:
-        text += f", else {item.source.describe()}"
+    if item.official is not None:
+        text += f", else {item.official.describe()}"
+    elif item.source is not None:
+        text += " (the official copy)"
     return text
 
 
+NONE_NEEDED = "none needed"
+
+
+def weights_rows() -> list[tuple[str, str, str]]:
+    """(METHOD:VARIANT, part, file id) for every part of every registered variant ("" file id: the variant needs
+    none), then files of methods not registered here and files no variant uses ("-" for what is unknown)."""
+    from vos.methods import available
+
+    entries = manifest()
+    rows: list[tuple[str, str, str]] = []
+    listed: set[str] = set()
+    registered: set[str] = set()
+    for info in available():
+        registered.add(info.key)
+        for variant in info.variants:
+            parts = info.parts(variant)
+            rows += [(f"{info.key}:{variant}", part, file_id) for part, file_id in parts.items()]
+            listed.update(parts.values())
+            if not parts:
+                rows.append((f"{info.key}:{variant}", "-", ""))
+    for file_id, item in entries.items():
+        if file_id in listed:
+            continue
+        users = [key for key in item.used_by if key not in registered]
+        rows += [(f"{key} (not registered here)", "-", file_id) for key in users]
+        if not users:
+            rows.append(("(no variant uses it)", "-", file_id))
+    return rows
+
+
 def format_table() -> str:
-    header = ("FILE ID", "USED BY", "SIZE", "CACHED", "COMES FROM")
-    rows = [
-        (file_id, ", ".join(item.used_by) or "-", item.size or "?", cache_status(item), where_from(item))
-        for file_id, item in sorted(manifest().items())
-    ]
+    """One row per part of each method variant: which file it needs, its size, whether it is here, where from."""
+    entries = manifest()
+    status = {file_id: cache_status(item) for file_id, item in entries.items()}
+    header = ("METHOD:VARIANT", "PART", "FILE ID", "SIZE", "CACHED", "COMES FROM")
+    rows = []
+    for used, part, file_id in weights_rows():
+        if not file_id:
+            rows.append((used, part, NONE_NEEDED, "-", "-", "-"))
+            continue
+        item = entries[file_id]
+        rows.append((used, part, file_id, item.size or "?", status[file_id], where_from(item)))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
 
     def line(row: tuple[str, ...]) -> str:
@@ -1178,14 +1394,23 @@ def _fetch_one(file_id: str, label: str | None) -> str:
 
 def convert(target: str, official_file: str | Path, out: str | Path | None = None) -> Resolved:
     """Convert an official release file for ``target`` (a file id, or METHOD[:VARIANT] with one file) to safetensors
-    (default: into the cache, where loading finds it)."""
-    chosen = [fid for fid, _ in targets([target])]
+    (default: into the cache, where loading finds it), refusing a file that does not fit the target's network."""
+    chosen = targets([target])
     if len(chosen) != 1:
-        raise ConversionError(f"{target} uses several files ({', '.join(chosen)}); name the one to convert.")
+        names = ", ".join(fid for fid, _ in chosen)
+        raise ConversionError(f"{target} uses several files ({names}); name the one to convert.")
     path = Path(official_file).expanduser()
     if not path.is_file():
         raise ConversionError(f"{path}: no such file.")
-    return convert_official_file(entry(chosen[0]), path, Path(out).expanduser() if out else None)
+    [(file_id, label)] = chosen
+    method, _, variant = (label or "").partition(":")
+    return convert_official_file(
+        entry(file_id),
+        path,
+        Path(out).expanduser() if out else None,
+        method=method or None,
+        variant=variant or None,
+    )
 
 
 def push_selection(what: Iterable[str] = ("all",)) -> tuple[list[tuple[Entry, Path]], list[Entry]]:
@@ -1213,7 +1438,48 @@ def _human_size(num: int) -> str:
     return f"{num} B"
 
 
-def model_card(files: list[tuple[Entry, Path]], repo: str) -> str:
+@dataclass(frozen=True)
+class CardFile:
+    """A file of our weights repository as its README lists it."""
+
+    item: Entry
+    size: int | None  # bytes; None = not known
+    sha256: str  # "" = not known
+
+
+def card_files(
+    uploading: Iterable[tuple[Entry, Path]], published: Mapping[str, tuple[int | None, str]] | None = None
+) -> list[CardFile]:
+    """Every manifest file the repository holds once ``uploading`` is in (in manifest order): those from the local
+    files, the others as ``published`` ({path in the repository: (size, sha256)}) lists them. The README is
+    replaced whole on each push, so a push of one file must still list the others."""
+    local = {item.hub_file: path for item, path in uploading}
+    published = published or {}
+    rows: list[CardFile] = []
+    for item in manifest().values():
+        if not item.ours:
+            continue
+        if item.hub_file in local:
+            path = local[item.hub_file]
+            rows.append(CardFile(item, path.stat().st_size, sha256_file(path)))
+        elif item.hub_file in published:
+            size, sha = published[item.hub_file]
+            rows.append(CardFile(item, size, sha))
+    return rows
+
+
+def _repo_files(api: Any, repo: str) -> dict[str, tuple[int | None, str]]:
+    """{path: (size, sha256)} of the files in a Hub repository (sha256 from the LFS record; "" for small files)."""
+    from huggingface_hub import RepoFile
+
+    return {
+        item.path: (item.size, item.lfs.sha256 if item.lfs is not None else "")
+        for item in api.list_repo_tree(repo, recursive=True)
+        if isinstance(item, RepoFile)
+    }
+
+
+def model_card(files: Iterable[CardFile], repo: str) -> str:
     """The README of our weights repository: what each file is, its licence, paper and official source."""
     lines = [
         "---",
@@ -1238,7 +1504,8 @@ def model_card(files: list[tuple[Entry, Path]], repo: str) -> str:
         "| file | what | licence | paper | official source | size | sha256 |",
         "|---|---|---|---|---|---|---|",
     ]
-    for item, path in files:
+    for row in files:
+        item = row.item
         source = item.source.describe() if item.source else "-"
         origin = f"[{item.origin}]({item.origin})" if item.origin else ""
         cells = [
@@ -1247,8 +1514,8 @@ def model_card(files: list[tuple[Entry, Path]], repo: str) -> str:
             item.licence,
             item.paper,
             f"{source} {origin}".strip(),
-            _human_size(path.stat().st_size),
-            f"`{sha256_file(path)}`",
+            _human_size(row.size) if row.size is not None else "-",
+            f"`{row.sha256}`" if row.sha256 else "-",
         ]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     lines += [
@@ -1279,8 +1546,21 @@ def preload_from_hub_yaml(file_ids: Iterable[str] | None = None, repo: str | Non
     return "\n".join(lines)
 
 
+def _check_fits(item: Entry, path: Path) -> None:
+    """Refuse to publish a converted file that does not fit its network (e.g. one cached before conversions were
+    checked): the Hub copy is what every Space and user would then load."""
+    stored, _ = _file_layouts(path, item)
+    expected, target = network_layout(item.id)
+    diff = layout_diff(stored, expected)
+    if not diff.ok:
+        raise KeyMismatch(
+            str(path), target, diff, hint=" Nothing was uploaded: delete it and convert the release file again."
+        )
+
+
 def push(repo: str, *, private: bool = False, what: Iterable[str] = ("all",)) -> list[tuple[Entry, Path]]:
-    """Upload the converted files for ``what`` from the cache to ``repo`` with a generated model card."""
+    """Upload the converted files for ``what`` from the cache to ``repo`` with a model card listing every file the
+    repository then holds."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     if offline():
@@ -1292,11 +1572,14 @@ def push(repo: str, *, private: bool = False, what: Iterable[str] = ("all",)) ->
             filename="converted files",
             tried=[(str(cache_root() / "converted"), "none of the selected files is converted yet")],
         )
+    for item, path in ready:
+        _check_fits(item, path)
     api = HfApi(token=hf_token())
     operations = [CommitOperationAdd(path_in_repo=item.hub_file, path_or_fileobj=str(path)) for item, path in ready]
-    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=model_card(ready, repo).encode()))
     try:
         api.create_repo(repo, private=private, exist_ok=True)
+        card = model_card(card_files(ready, _repo_files(api, repo)), repo)
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
         api.create_commit(repo, operations, commit_message=f"Add {len(ready)} converted checkpoint(s)")
     except _hub_errors() as err:
         raise DownloadFailed(f"Uploading to {repo} failed: {_hub_reason(err)}") from err
