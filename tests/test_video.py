@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import io
+import os
+import re
+import stat
+import struct
 import zipfile
 from pathlib import Path
 
@@ -9,7 +14,7 @@ import pytest
 from PIL import Image
 
 from vos.synthetic import moving_shapes
-from vos.video import Clip, Limits, VideoError, fit_within, natural_key, open_clip, write_mp4
+from vos.video import Clip, Limits, VideoError, _clearly_short, fit_within, natural_key, open_clip, write_mp4
 
 
 def gradient_frames(n: int = 10, size: tuple[int, int] = (48, 64)) -> list[np.ndarray]:
@@ -180,16 +185,192 @@ def test_corrupt_and_truncated_videos(tmp_path):
         open_clip(tmp_path / "missing.mp4")
 
 
-def test_unreadable_frame_in_folder(tmp_path):
+def test_unreadable_frame_in_folder_fails_at_open(tmp_path):
     save_frames(tmp_path / "seq", gradient_frames(2), ["0.png", "1.png"])
     (tmp_path / "seq" / "2.png").write_bytes(b"broken")
-    clip = open_clip(tmp_path / "seq")
-    with pytest.raises(VideoError, match="2.png"):
+    with pytest.raises(VideoError, match=r"'2.png' is not a readable image \(not a JPG or PNG"):
+        open_clip(tmp_path / "seq")
+    # A frame past the frame limit is never used, so it is not read either.
+    assert open_clip(tmp_path / "seq", Limits(max_frames=2)).num_frames == 2
+
+
+def test_frames_of_different_sizes_rejected_at_open(tmp_path):
+    folder = tmp_path / "seq"
+    save_frames(folder, gradient_frames(1, (40, 40)) + gradient_frames(1, (30, 40)), ["0.png", "1.png"])
+    with pytest.raises(VideoError, match="'1.png' is 40x30 but the first frame is 40x40.*same size"):
+        open_clip(folder)
+
+
+def test_truncated_png_in_folder_fails_at_open(tmp_path):
+    folder = tmp_path / "seq"
+    save_frames(folder, gradient_frames(3), ["0.png", "1.png", "2.png"])
+    data = (folder / "1.png").read_bytes()
+    (folder / "1.png").write_bytes(data[: len(data) - 20])  # header intact, end cut off
+    with pytest.raises(VideoError, match="'1.png' is not a readable image"):
+        open_clip(folder)
+
+
+# ---- truncated videos
+
+
+def noise_frames(n: int, size: tuple[int, int] = (48, 64)) -> list[np.ndarray]:
+    """Frames that barely compress, so every frame holds a similar share of the file and a cut loses frames."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def cut(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    out = path.with_name(f"cut_{path.name}")
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_video_cut_in_half_is_refused(tmp_path, suffix):
+    path = tmp_path / f"clip{suffix}"
+    if suffix == ".mp4":
+        write_mp4(noise_frames(60), path, fps=10)  # our own writer: moov first, so the cut file still opens
+    else:
+        encode_with_pyav(path, noise_frames(60), "libx264")
+    truncated = cut(path, 0.5)
+    with pytest.raises(VideoError) as err:
+        open_clip(truncated)
+    message = str(err.value)
+    assert message.startswith(f"cut_clip{suffix}: ")
+    assert "looks truncated" in message
+    assert re.search(r"decoded \d+ of the 60 frames the file declares", message)
+    # The complete file is fine.
+    assert open_clip(path).num_frames == 60
+
+
+def test_truncation_within_the_callers_limit_is_not_an_error(tmp_path):
+    truncated = cut(write_mp4(noise_frames(60), tmp_path / "clip.mp4", fps=10), 0.5)
+    clip = open_clip(truncated, Limits(max_frames=5))
+    assert clip.num_frames == 5 and len(list(clip.frames())) == 5
+    clip = open_clip(truncated, Limits(max_seconds=1.0))
+    assert clip.num_frames == 10
+
+
+def test_a_few_frames_short_is_kept_with_a_note(tmp_path):
+    path = write_mp4(noise_frames(60), tmp_path / "clip.mp4", fps=10)
+    clip = open_clip(cut(path, 0.99))
+    assert 54 <= clip.num_frames < 60
+    assert len(list(clip.frames())) == clip.num_frames
+    assert any(f"Decoding stopped after {clip.num_frames} frames of the 60" in note for note in clip.notes)
+    assert open_clip(path).notes == []  # a complete file gets no such note
+
+
+@pytest.mark.parametrize(
+    ("decoded", "declared", "short"),
+    [(60, 60, False), (58, 60, False), (55, 60, False), (50, 60, True), (8, 10, False), (7, 10, True), (1, 3, False)],
+)
+def test_truncation_tolerance(decoded, declared, short):
+    assert _clearly_short(decoded, declared) is short
+
+
+# ---- damaged zips
+
+
+def frames_zip(path: Path, n: int = 3, *, size=(48, 64), compression=zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for i, frame in enumerate(gradient_frames(n, size)):
+            buffer = io.BytesIO()
+            Image.fromarray(frame).save(buffer, format="PNG")
+            zf.writestr(f"seq/{i:05d}.png", buffer.getvalue())
+    return path
+
+
+def patch_headers(path: Path, member: str, *, flag: int | None = None, method: int | None = None) -> None:
+    """Rewrite one member's flag bits or compression method in both its local and its central header."""
+    data = bytearray(path.read_bytes())
+    name = member.encode()
+    for signature, flag_at, method_at, name_at in ((b"PK\x03\x04", 6, 8, 30), (b"PK\x01\x02", 8, 10, 46)):
+        start = 0
+        while (start := data.find(signature, start)) != -1:
+            if data[start + name_at : start + name_at + len(name)] == name:
+                if flag is not None:
+                    data[start + flag_at : start + flag_at + 2] = struct.pack("<H", flag)
+                if method is not None:
+                    data[start + method_at : start + method_at + 2] = struct.pack("<H", method)
+            start += 4
+    path.write_bytes(bytes(data))
+
+
+def test_zip_member_with_bad_crc(tmp_path):
+    archive = frames_zip(tmp_path / "frames.zip")
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("seq/00001.png")
+        payload = zf.read(info)
+    data = bytearray(archive.read_bytes())
+    at = data.find(payload) + len(payload) // 2
+    data[at] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    with pytest.raises(VideoError, match=r"frames.zip: member 'seq/00001.png' is damaged \(Bad CRC-32"):
+        open_clip(archive)
+
+
+def test_encrypted_zip_member(tmp_path):
+    archive = frames_zip(tmp_path / "frames.zip")
+    patch_headers(archive, "seq/00002.png", flag=0x1)
+    with pytest.raises(VideoError, match="member 'seq/00002.png' is encrypted.*without a password"):
+        open_clip(archive)
+
+
+def test_zip_member_with_unknown_compression(tmp_path):
+    archive = frames_zip(tmp_path / "frames.zip")
+    patch_headers(archive, "seq/00000.png", method=99)  # 99: WinZip AES, which zipfile cannot read
+    with pytest.raises(VideoError, match="member 'seq/00000.png' uses a compression.*re-zip"):
+        open_clip(archive)
+
+
+def test_zip_frames_checked_at_open(tmp_path):
+    def png(frame: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    sizes = tmp_path / "sizes.zip"
+    with zipfile.ZipFile(sizes, "w") as zf:
+        for i, frame in enumerate(gradient_frames(2) + gradient_frames(1, (30, 40))):
+            zf.writestr(f"{i}.png", png(frame))
+    with pytest.raises(VideoError, match="sizes.zip: frame '2.png' is 40x30 but the first frame is 64x48"):
+        open_clip(sizes)
+    assert open_clip(sizes, Limits(max_frames=2)).num_frames == 2
+
+    unreadable = tmp_path / "unreadable.zip"
+    with zipfile.ZipFile(unreadable, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("0.png", png(gradient_frames(1)[0]))
+        zf.writestr("1.png", b"not an image")
+    with pytest.raises(VideoError, match="unreadable.zip: frame '1.png' is not a readable image"):
+        open_clip(unreadable)
+
+    good = frames_zip(tmp_path / "good.zip", compression=zipfile.ZIP_DEFLATED)
+    assert len(list(open_clip(good).frames())) == 3
+
+
+def test_zip_damaged_after_opening_fails_with_a_message(tmp_path):
+    archive = frames_zip(tmp_path / "frames.zip")
+    clip = open_clip(archive)
+    archive.write_bytes(b"gone")
+    with pytest.raises(VideoError, match="frames.zip: not a readable zip archive"):
         list(clip.frames())
 
 
-def test_frames_of_different_sizes_rejected(tmp_path):
-    folder = tmp_path / "seq"
-    save_frames(folder, gradient_frames(1, (40, 40)) + gradient_frames(1, (30, 40)), ["0.png", "1.png"])
-    with pytest.raises(VideoError, match="same size"):
-        list(open_clip(folder).frames())
+# ---- provenance and permissions
+
+
+def test_clip_info_records_an_absolute_source(tmp_path, monkeypatch):
+    write_mp4(gradient_frames(3), tmp_path / "c.mp4")
+    monkeypatch.chdir(tmp_path)
+    info = open_clip("c.mp4").info()
+    assert info["source"] == str(tmp_path / "c.mp4")
+
+
+def test_write_mp4_makes_an_ordinary_file(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = write_mp4(gradient_frames(3), tmp_path / "out.mp4")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -11,13 +11,14 @@ at; ``clip.work_size`` is what ``clip.frames()`` yields, smaller when a run asks
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
-import os
 import re
-import tempfile
+import secrets
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -118,35 +119,79 @@ class _ImageListSource:
     def __len__(self) -> int:
         return len(self.names)
 
+    @contextlib.contextmanager
+    def _archive(self) -> Iterator[zipfile.ZipFile | None]:
+        if self.zip_path is None:
+            yield None
+            return
+        try:
+            archive = zipfile.ZipFile(self.zip_path)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise VideoError(self.path, f"not a readable zip archive ({err}).") from None
+        with archive:
+            yield archive
+
     def _bytes(self, name: str, archive: zipfile.ZipFile | None) -> bytes:
-        if archive is not None:
+        if archive is None:
+            try:
+                return (self.path / name).read_bytes()
+            except OSError as err:
+                raise VideoError(self.path, f"frame {name!r} cannot be read ({err.strerror or err}).") from None
+        try:
             return archive.read(name)
-        return (self.path / name).read_bytes()
+        except NotImplementedError as err:  # before RuntimeError, its base class
+            raise VideoError(
+                self.path, f"member {name!r} uses a compression this reader lacks ({err}); re-zip it with deflate."
+            ) from None
+        except RuntimeError:  # zipfile's way of saying "encrypted, password required"
+            raise VideoError(self.path, f"member {name!r} is encrypted; zip the frames without a password.") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            raise VideoError(self.path, f"member {name!r} is damaged ({err}); the zip may be cut or corrupt.") from None
 
     def _decode(self, name: str, data: bytes) -> np.ndarray:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 return np.asarray(image.convert("RGB"))
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-            raise VideoError(self.path, f"frame {name!r} is not a readable image ({err}).") from None
+            raise VideoError(self.path, f"frame {name!r} is not a readable image ({_image_reason(err)}).") from None
+
+    def check(self, count: int, size: tuple[int, int]) -> None:
+        """Read the first ``count`` frames' headers (no pixel decoding) so that an unreadable frame, or one of
+        another size than ``size`` (H, W), fails when the clip is opened and not halfway through a run.
+
+        Zip members are read whole, which also checks their CRC; a PNG's chunks are checked by ``verify``."""
+        with self._archive() as archive:
+            for name in self.names[:count]:
+                data = self._bytes(name, archive)
+                try:
+                    with Image.open(io.BytesIO(data)) as image:
+                        width, height = image.size
+                        image.verify()
+                except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+                    reason = _image_reason(err)
+                    raise VideoError(self.path, f"frame {name!r} is not a readable image ({reason}).") from None
+                if (height, width) != tuple(size):
+                    raise VideoError(
+                        self.path,
+                        f"frame {name!r} is {width}x{height} but the first frame is {size[1]}x{size[0]}; "
+                        "all frames of a clip must have the same size.",
+                    )
 
     def iter_frames(self, count: int) -> Iterator[np.ndarray]:
-        archive = zipfile.ZipFile(self.zip_path) if self.zip_path else None
-        try:
+        with self._archive() as archive:
             for name in self.names[:count]:
                 yield self._decode(name, self._bytes(name, archive))
-        finally:
-            if archive is not None:
-                archive.close()
 
     def read(self, index: int) -> np.ndarray:
-        archive = zipfile.ZipFile(self.zip_path) if self.zip_path else None
-        try:
+        with self._archive() as archive:
             name = self.names[index]
             return self._decode(name, self._bytes(name, archive))
-        finally:
-            if archive is not None:
-                archive.close()
+
+
+def _image_reason(err: BaseException) -> str:
+    if isinstance(err, UnidentifiedImageError):  # its text is "cannot identify image file <_io.BytesIO ...>"
+        return "not a JPG or PNG that can be read"
+    return str(err) or type(err).__name__
 
 
 class _VideoFileSource:
@@ -314,7 +359,8 @@ class Clip:
         """A JSON-able description (run.json)."""
         return {
             "name": self.name,
-            "source": str(self.path) if self.path else None,
+            # Absolute, so that `run --from` finds the clip from any working folder.
+            "source": str(self.path.absolute()) if self.path else None,
             "fps": self.fps,
             "num_frames": self.num_frames,
             "native_size": list(self.native_size),
@@ -350,8 +396,8 @@ def open_clip(path: str | Path, limits: Limits = Limits(), *, fps: float | None 
         source = _ImageListSource(path, _zip_frame_names(path), path)
         rate = fps or DEFAULT_FPS
     else:
-        source, rate = _probe_video(path, limits)
-        rate = fps or rate
+        source, rate, notes = _probe_video(path, limits)
+        return _apply_limits(source, path, fps or rate, limits, notes)
     return _apply_limits(source, path, rate, limits)
 
 
@@ -382,13 +428,14 @@ def _zip_frame_names(path: Path) -> list[str]:
     return sorted(names, key=natural_key)
 
 
-def _probe_video(path: Path, limits: Limits) -> tuple[FrameSource, float]:
+def _probe_video(path: Path, limits: Limits) -> tuple[FrameSource, float, list[str]]:
     """Open, validate and count a video file: decodes up to the frame limit so that a truncated or corrupt file
-    fails here, with a clear message, and not halfway through a run."""
+    fails here, with a clear message, and not halfway through a run. Also returns notes for the user."""
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
         raise VideoError(path, f"not a decodable video ({_reason(err)}).") from None
+    notes = []
     with container:
         if not container.streams.video:
             raise VideoError(path, "the file has no video stream.")
@@ -396,20 +443,76 @@ def _probe_video(path: Path, limits: Limits) -> tuple[FrameSource, float]:
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate or Fraction(DEFAULT_FPS)
         rate = float(rate) if float(rate) > 0 else DEFAULT_FPS
+        declared = _declared_frames(container, stream, rate)
         cap = _frame_cap(limits, rate)
         count = 0
+        stopped_by_cap = False
+        error = None
         try:
             for _ in container.decode(stream):
                 count += 1
                 if cap is not None and count >= cap + 1:  # one more than kept, so truncation is reported
+                    stopped_by_cap = True
                     break
         except av.FFmpegError as err:
             if count == 0:
                 raise VideoError(path, f"not a decodable video ({_reason(err)}).") from None
-            log.warning("%s: decoding stopped after %d frames (%s); using those", path.name, count, _reason(err))
+            error = _reason(err)
     if count == 0:
         raise VideoError(path, "the video holds no decodable frames.")
-    return _VideoFileSource(path, count), rate
+    if not stopped_by_cap and declared is not None and _clearly_short(count, declared):
+        raise VideoError(
+            path,
+            f"the video looks truncated: decoded {count} of the {declared} frames the file declares"
+            + (f" ({error})" if error else "")
+            + ". The upload or copy may have been cut short; use the complete file.",
+        )
+    short = not stopped_by_cap and declared is not None and declared - count > _TRUNCATED_SLACK
+    if error is not None or short:
+        of_declared = f" of the {declared} the file declares" if short else ""
+        because = f" ({error})" if error is not None else ""
+        notes.append(f"Decoding stopped after {count} frames{of_declared}{because}; the clip uses those {count}.")
+    return _VideoFileSource(path, count), rate, notes
+
+
+# Containers round their frame counts and durations (edit lists, B-frame delays, a duration taken from the last
+# timestamp), so a few frames short of the declared count is normal. A cut upload loses far more.
+_TRUNCATED_BELOW = 0.9  # fraction of the declared frames
+_TRUNCATED_SLACK = 2  # frames short that are always tolerated (short clips)
+
+
+def _clearly_short(count: int, declared: int) -> bool:
+    return count < _TRUNCATED_BELOW * declared and declared - count > _TRUNCATED_SLACK
+
+
+def _declared_frames(container, stream, rate: float) -> int | None:
+    """How many frames the file says its video stream holds, or None when it does not say.
+
+    The smallest of what it states: the stream's frame count and duration, a Matroska/WebM DURATION tag, and the
+    container's duration (only when the video is its only stream: an audio track may run longer). The smallest,
+    because a count can include frames an edit list hides (a clip trimmed without re-encoding keeps its lead-in
+    from the previous keyframe), and calling such a file truncated would be wrong."""
+    counts = []
+    if stream.frames and stream.frames > 0:
+        counts.append(int(stream.frames))
+    seconds = []
+    if stream.duration and stream.time_base:
+        seconds.append(float(stream.duration * stream.time_base))
+    if (tag := _parse_clock(stream.metadata.get("DURATION", ""))) is not None:
+        seconds.append(tag)
+    if container.duration and len(container.streams) == 1:
+        seconds.append(container.duration / av.time_base)
+    counts += [round(s * rate) for s in seconds if s > 0]
+    return min(counts) if counts else None
+
+
+def _parse_clock(text: str) -> float | None:
+    """'HH:MM:SS.fraction' (Matroska's DURATION tag) -> seconds."""
+    match = re.fullmatch(r"(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)", text.strip())
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def _reason(err: BaseException) -> str:
@@ -426,10 +529,10 @@ def _frame_cap(limits: Limits, fps: float) -> int | None:
     return min(caps) if caps else None
 
 
-def _apply_limits(source: FrameSource, path: Path, fps: float, limits: Limits) -> Clip:
+def _apply_limits(source: FrameSource, path: Path, fps: float, limits: Limits, notes: Sequence[str] = ()) -> Clip:
     first = source.read(0)
     native = first.shape[:2]
-    notes = []
+    notes = list(notes)
     total = len(source)
     cap = _frame_cap(limits, fps)
     kept = total if cap is None else min(total, cap)
@@ -443,6 +546,8 @@ def _apply_limits(source: FrameSource, path: Path, fps: float, limits: Limits) -
             "" if isinstance(source, _VideoFileSource) else f" of {total}"
         )  # a video is decoded only up to the cap
         notes.append(f"Kept the first {kept}{of_total} frames ({' and '.join(why)}).")
+    if isinstance(source, _ImageListSource):
+        source.check(kept, native)
     size = fit_within(native, limits.max_side)
     if size != native:
         notes.append(
@@ -484,9 +589,8 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: float = DEFAU
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=f".{path.stem}-")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # A random name rather than mkstemp's: mkstemp makes the file 0600, and the finished video must be ordinary.
+    tmp = path.parent / f".{path.stem}-{secrets.token_hex(8)}.mp4"
     rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(int(DEFAULT_FPS))
     written = 0
     try:
