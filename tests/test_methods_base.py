@@ -7,6 +7,7 @@ import torch
 import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import device as vdevice
 from vos import methods
+from vos.errors import VosError
 from vos.methods.base import Option, OptionError, PromptError, UnknownMethod, check_first_mask
 from vos.video import Clip
 
@@ -80,15 +81,54 @@ def test_segment_validates_before_work():
         list(method.segment(clip, np.zeros((8, 9), np.uint8)))
 
 
+def test_option_ranges():
+    window = Option("window", int, 44, "", minimum=9)
+    assert window.parse("9") == 9 and window.parse(100) == 100
+    with pytest.raises(OptionError, match="'window' got '3'; the valid range is 9 or more"):
+        window.parse("3")
+    ratio = Option("ratio", float, 0.5, "", minimum=0, maximum=1)
+    with pytest.raises(OptionError, match="valid range is 0 to 1"):
+        ratio.parse("1.5")
+    assert ratio.parse("0") == 0.0
+    cap = Option("cap", int, 3, "", maximum=5)
+    with pytest.raises(OptionError, match="5 or less"):
+        cap.parse(6)
+    size = Option("size", tuple, (32, 48), "", minimum=8)
+    with pytest.raises(OptionError, match="8 or more"):
+        size.parse("4x48")
+    with pytest.raises(ValueError, match="default 2 is outside 9 or more"):  # a typo in a declaration shows at import
+        Option("window", int, 2, "", minimum=9)
+
+
+def test_option_describe():
+    assert Option("window", int, 44, "", minimum=9).describe() == "integer, 9 or more"
+    assert Option("ratio", float, 0.5, "", minimum=0, maximum=1).describe() == "number, 0 to 1"
+    assert Option("mode", str, "a", "", choices=("a", "b")).describe() == "text, one of a, b"
+    assert Option("flag", bool, False, "").describe() == "true/false"
+    assert Option("size", tuple, (8, 8), "", minimum=8).describe() == "size like 320x480, each side 8 or more"
+
+
 def test_device_choice():
     assert vdevice.pick_device("cpu").type == "cpu"
     assert vdevice.pick_device("auto").type in {"cpu", "cuda", "mps"}
     if not torch.cuda.is_available():
         with pytest.raises(vdevice.DeviceUnavailable, match="--device cpu"):
             vdevice.pick_device("cuda")
+    with pytest.raises(vdevice.DeviceUnavailable, match="Unknown device 'gpu'"):
+        vdevice.pick_device("gpu")
     with pytest.raises(ValueError, match="fp16"):
         vdevice.pick_dtype("fp16", torch.device("cpu"))
     assert vdevice.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_device_and_dtype_errors_are_user_errors():
+    # The CLI prints VosError as one line (exit 2); the builtin bases keep older `except` clauses working.
+    assert issubclass(vdevice.DeviceUnavailable, VosError) and issubclass(vdevice.DeviceUnavailable, RuntimeError)
+    assert issubclass(vdevice.DtypeUnavailable, VosError) and issubclass(vdevice.DtypeUnavailable, ValueError)
+    with pytest.raises(vdevice.DtypeUnavailable, match="--dtype bf16"):
+        vdevice.pick_dtype("fp16", torch.device("cpu"))
+    with pytest.raises(vdevice.DtypeUnavailable, match="Unknown dtype 'fp8'"):
+        vdevice.pick_dtype("fp8", torch.device("cpu"))
 
 
 def test_out_of_memory_detection():

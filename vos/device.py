@@ -13,11 +13,17 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from vos.errors import VosError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(VosError, RuntimeError):
     """The requested device does not exist on this machine."""
+
+
+class DtypeUnavailable(VosError, ValueError):
+    """A compute precision that is unknown or that the chosen device cannot run."""
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
@@ -31,9 +37,16 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists every backend it was built to know, most of them irrelevant here
+        raise DeviceUnavailable(f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable("CUDA was requested but no CUDA GPU is visible here; use --device cpu or auto.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"{name} was requested but this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0."
+        )
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DeviceUnavailable("MPS was requested but is not available here; use --device cpu or auto.")
     return device
@@ -46,9 +59,11 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     try:
         dtype = DTYPES[name]
     except KeyError:
-        raise ValueError(f"Unknown dtype {name!r}; choose one of {', '.join(DTYPES)}.") from None
+        raise DtypeUnavailable(f"Unknown dtype {name!r}; choose one of {', '.join(DTYPES)}.") from None
+    # Refused on purpose: most CPUs have no fast fp16 kernels, so bf16 is the CPU's reduced precision. Raised as a
+    # user error so the CLI stops before any work instead of failing inside the first method.
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("fp16 is not supported on the CPU; use bf16 or fp32.")
+        raise DtypeUnavailable("fp16 is not supported on the CPU; use --dtype bf16 or fp32, or a GPU (--device cuda).")
     return dtype
 
 

@@ -70,7 +70,8 @@ class Option:
     """One user-settable knob of a method.
 
     ``default`` is the release's value (what produced the reported numbers); ``paper`` records the paper's value
-    where the paper says something else, so users can reproduce either.
+    where the paper says something else, so users can reproduce either. ``minimum`` / ``maximum`` bound a number
+    (both inclusive; for a size, each side), so a value the method cannot run with fails before any work.
     """
 
     name: str
@@ -79,6 +80,13 @@ class Option:
     help: str
     choices: tuple[Any, ...] | None = None
     paper: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        # A declaration whose own default is out of range is a typo in the method file; say so at import.
+        if self.default is not None and not self._in_range(self.default):
+            raise ValueError(f"Option {self.name!r}: default {self.default!r} is outside {self.range_text()}.")
 
     def parse(self, value: Any) -> Any:
         """Turn a CLI/app string (or an already typed value) into this option's type, validating it."""
@@ -90,12 +98,42 @@ class Option:
             ) from err
         if self.choices is not None and parsed not in self.choices:
             raise OptionError(f"Option {self.name!r} got {value!r}." + self._choices_hint())
+        if not self._in_range(parsed):
+            raise OptionError(f"Option {self.name!r} got {value!r}; the valid range is {self.range_text()}.")
         return parsed
 
     def format(self, value: Any) -> str:
         if self.type is tuple and value is not None:
             return "x".join(str(v) for v in value)
         return str(value)
+
+    def range_text(self) -> str:
+        """The bounds in words ("9 or more", "0 to 1"); empty when there are none."""
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            return f"{low:g} to {high:g}"
+        if low is not None:
+            return f"{low:g} or more"
+        if high is not None:
+            return f"{high:g} or less"
+        return ""
+
+    def describe(self) -> str:
+        """Type and valid values for listings: "integer, 9 or more", "text, one of fast, exact"."""
+        parts = [_type_label(self.type).removeprefix("an ").removeprefix("a ")]
+        if self.choices is not None:
+            parts.append("one of " + ", ".join(self.format(c) for c in self.choices))
+        if self.range_text():
+            parts.append(("each side " if self.type is tuple else "") + self.range_text())
+        return ", ".join(parts)
+
+    def _in_range(self, value: Any) -> bool:
+        if (self.minimum is None and self.maximum is None) or isinstance(value, (bool, str)):
+            return True
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        return all(
+            (self.minimum is None or v >= self.minimum) and (self.maximum is None or v <= self.maximum) for v in values
+        )
 
     def _choices_hint(self) -> str:
         if self.choices is None:
