@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
 from vos.__main__ import main
+from vos.methods import Method, MethodInfo, Option, register, unregister
 from vos.synthetic import moving_shapes
 from vos.video import write_mp4
 
@@ -151,3 +154,254 @@ def test_help_lists_every_subcommand():
     )
     for command in ("run", "eval", "bench", "weights", "methods", "present"):
         assert command in result.stdout
+
+
+# ---- input checked before anything runs
+
+
+class _Ranged(Method):
+    """A method with bounded options, for range checks from the command line."""
+
+    info = MethodInfo(
+        key="fake_ranged",
+        title="Ranged",
+        task="semi",
+        summary="Test-only method.",
+        variants=("default",),
+        default_variant="default",
+        paper=tests.fakes.PAPER,
+        repo="https://example.org/repo",
+        licence="MIT",
+        options=(
+            Option("window", int, 44, "how far back", minimum=9),
+            Option("ratio", float, 0.5, "a share", minimum=0, maximum=1),
+        ),
+    )
+
+    def _build(self) -> None:
+        pass
+
+    def _segment(self, clip, first_mask, progress):
+        for _frame in clip.frames():
+            yield first_mask
+
+
+@pytest.fixture
+def ranged():
+    register(_Ranged)
+    yield
+    unregister("fake_ranged")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dtype", "fp16", "--device", "cpu"], "fp16 is not supported on the CPU; use --dtype bf16"),
+        (["--device", "gpu"], "Unknown device 'gpu'"),
+        (["--methods", "fake_ranged", "--opt", "fake_ranged.window=3"], "'window' got '3'; the valid range is 9 or"),
+        (["--methods", "fake_ranged", "--opt", "fake_ranged.ratio=2"], "valid range is 0 to 1"),
+    ],
+)
+def test_bad_settings_exit_2_and_nothing_written(tmp_path, clip_and_prompt, capsys, ranged, extra, message):
+    clip, prompt, _ = clip_and_prompt
+    before = listing(tmp_path)
+    args = ["run", str(clip), "--prompt", str(prompt), "--methods", "fake_copy", *extra, "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_exit_2(tmp_path, clip_and_prompt, capsys):
+    clip, prompt, _ = clip_and_prompt
+    before = listing(tmp_path)
+    code = main(["run", str(clip), "--prompt", str(prompt), "--device", "cuda", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "no CUDA GPU is visible here; use --device cpu" in capsys.readouterr().err
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "flag", [["--max-frames", "0"], ["--max-side", "0"], ["--max-side", "-5"], ["--max-seconds", "0"], ["--fps", "-1"]]
+)
+def test_non_positive_limits_are_argparse_errors(tmp_path, clip_and_prompt, capsys, flag):
+    clip, prompt, _ = clip_and_prompt
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(clip), "--prompt", str(prompt), *flag, "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    assert f"argument {flag[0]}: must be above 0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bench_weights_given_twice_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--weights", "random", "--weights", "hub"])
+    assert exit_info.value.code == 2
+    assert "--weights may be given once" in capsys.readouterr().err
+
+
+def test_out_under_a_file_exit_2(tmp_path, clip_and_prompt, capsys):
+    clip, prompt, _ = clip_and_prompt
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    before = listing(tmp_path)
+    code = main(["run", str(clip), "--prompt", str(prompt), "--methods", "fake_copy", "--out", str(blocker / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{blocker} is a file, not a folder" in err and "Traceback" not in err
+    assert listing(tmp_path) == before
+
+
+def test_out_parents_are_created_and_removed_again_on_failure(tmp_path, clip_and_prompt, monkeypatch):
+    clip, prompt, _ = clip_and_prompt
+    from vos import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_methods", interrupted)
+    before = listing(tmp_path)
+    out = tmp_path / "new" / "deeper" / "run"
+    assert main(["run", str(clip), "--prompt", str(prompt), "--methods", "fake_copy", "--out", str(out)]) == 130
+    assert listing(tmp_path) == before
+
+
+# ---- --from
+
+
+def first_run(tmp_path, clip, prompt, *extra) -> Path:
+    out = tmp_path / "first"
+    args = ["run", str(clip), "--prompt", str(prompt), "--methods", "fake_copy", "--device", "cpu", "--no-video"]
+    assert main([*args, *extra, "--out", str(out)]) == 0
+    return out / "run.json"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json {", "Cannot read"),
+        (json.dumps({"format": 1, "methods": []}), '"clip.source" is missing or malformed'),
+        (json.dumps({"format": 1, "clip": {"source": "c.mp4"}, "methods": []}), '"prompt.file"'),
+        (
+            json.dumps(
+                {"format": 1, "clip": {"source": "c.mp4"}, "prompt": {"file": "p.png"}, "settings": {}, "methods": [{}]}
+            ),
+            '"methods[0]".key/variant',
+        ),
+        (json.dumps([1, 2]), "is not a run.json written by"),
+        (
+            json.dumps(
+                {
+                    "format": 1,
+                    "clip": {"source": "c.mp4"},
+                    "prompt": {"file": "p.png"},
+                    "settings": {"max_frames": "ten"},
+                    "methods": [{"key": "fake_copy", "variant": "default"}],
+                }
+            ),
+            '"settings.max_frames"',
+        ),
+    ],
+)
+def test_malformed_from_exit_2(tmp_path, capsys, content, message):
+    bad = tmp_path / "run.json"
+    bad.write_text(content)
+    before = listing(tmp_path)
+    assert main(["run", "--from", str(bad), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert listing(tmp_path) == before
+
+
+def test_from_works_from_another_folder(tmp_path, clip_and_prompt, monkeypatch):
+    clip, prompt, _ = clip_and_prompt
+    monkeypatch.chdir(clip.parent)
+    run_json = first_run(tmp_path, clip.name, prompt.name)
+    assert json.loads(run_json.read_text())["clip"]["source"] == str(clip)  # absolute, though given relative
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", "--from", str(run_json), "--out", str(tmp_path / "again")]) == 0
+
+
+def test_from_reuses_the_recorded_device_unless_given(tmp_path, clip_and_prompt):
+    clip, prompt, _ = clip_and_prompt
+    run_json = first_run(tmp_path, clip, prompt)
+    data = json.loads(run_json.read_text())
+    assert data["settings"]["device"] == "cpu"
+    data["settings"]["device"] = "meta"  # another device that every machine has (the test double runs on it)
+    run_json.write_text(json.dumps(data))
+    again = tmp_path / "again"
+    assert main(["run", "--from", str(run_json), "--out", str(again)]) == 0
+    repeated = json.loads((again / "run.json").read_text())
+    assert repeated["settings"]["device"] == "meta" and repeated["methods"][0]["device"] == "meta"
+    assert main(["run", "--from", str(run_json), "--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
+    assert json.loads((tmp_path / "cpu" / "run.json").read_text())["settings"]["device"] == "cpu"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_from_a_cuda_run_on_a_machine_without_cuda(tmp_path, clip_and_prompt, capsys):
+    clip, prompt, _ = clip_and_prompt
+    run_json = first_run(tmp_path, clip, prompt)
+    data = json.loads(run_json.read_text())
+    data["settings"]["device"] = "cuda"
+    run_json.write_text(json.dumps(data))
+    assert main(["run", "--from", str(run_json), "--out", str(tmp_path / "again")]) == 2
+    assert "records --device cuda" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+
+
+def test_from_with_overrides(tmp_path, clip_and_prompt, caplog):
+    clip, prompt, _ = clip_and_prompt
+    run_json = first_run(tmp_path, clip, prompt, "--opt", "fake_copy.shift=3")
+    again = tmp_path / "again"
+    args = ["run", "--from", str(run_json), "--opt", "fake_copy.shift=1", "--max-frames", "4", "--out", str(again)]
+    with caplog.at_level("INFO", logger="vos"):
+        code = main(args)
+    assert code == 0
+    data = json.loads((again / "run.json").read_text())
+    assert data["methods"][0]["config"]["options"]["shift"] == 1
+    assert data["clip"]["num_frames"] == 4
+    assert "with overrides: --max-frames 4, --opt fake_copy.shift=1" in caplog.text
+
+
+def test_from_refuses_methods(tmp_path, clip_and_prompt, capsys):
+    clip, prompt, _ = clip_and_prompt
+    run_json = first_run(tmp_path, clip, prompt)
+    code = main(["run", "--from", str(run_json), "--methods", "fake_unsup", "--out", str(tmp_path / "again")])
+    assert code == 2
+    assert "--methods cannot be combined with --from" in capsys.readouterr().err
+
+
+def test_from_with_a_missing_clip(tmp_path, clip_and_prompt, capsys):
+    clip, prompt, _ = clip_and_prompt
+    run_json = first_run(tmp_path, clip, prompt)
+    clip.rename(clip.with_name("moved.mp4"))
+    assert main(["run", "--from", str(run_json), "--out", str(tmp_path / "again")]) == 2
+    assert f"The clip {run_json} records, {clip}, is not there" in capsys.readouterr().err
+    assert main(["run", str(clip.with_name("moved.mp4")), "--from", str(run_json), "--out", str(tmp_path / "b")]) == 0
+
+
+# ---- method listing and bundle permissions
+
+
+def test_methods_prints_type_and_range(capsys, ranged):
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    assert "--opt fake_ranged.window=44 (integer, 9 or more)  how far back" in text
+    assert "--opt fake_ranged.ratio=0.5 (number, 0 to 1)" in text
+    assert "--opt fake_copy.mode=fast (text, one of fast, exact) [paper: exact]" in text
+
+
+def test_bundle_files_have_ordinary_permissions(tmp_path, clip_and_prompt):
+    clip, prompt, _ = clip_and_prompt
+    out = tmp_path / "run"
+    umask = os.umask(0o022)
+    try:
+        assert main(["run", str(clip), "--prompt", str(prompt), "--methods", "fake_copy", "--out", str(out)]) == 0
+    finally:
+        os.umask(umask)
+    for path in [out, *out.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+    assert (out / "side_by_side.mp4").exists()

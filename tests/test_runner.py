@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 
 import av
 import numpy as np
@@ -10,10 +12,12 @@ import pytest
 import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
 from vos import runner
-from vos.methods import OptionError, UnknownMethod
+from vos.device import DtypeUnavailable
+from vos.methods import Method, MethodInfo, Option, OptionError, UnknownMethod, register, unregister
 from vos.runner import MethodSpec, RunEvents, SegmentMatcher, parse_method_specs, run_methods
 from vos.synthetic import moving_shapes
 from vos.video import Clip
+from vos.weights import BadWeightsSpec, WeightsUnavailable
 
 
 @pytest.fixture
@@ -76,7 +80,7 @@ def test_provenance_records_effective_options(tmp_path, shapes):
     assert np.array_equal(shifted, np.roll(masks[0], 2, axis=1))
 
 
-def test_parse_method_specs_errors():
+def test_parse_method_specs_errors(tmp_path):
     with pytest.raises(UnknownMethod, match="fake_copy"):
         parse_method_specs("fake_cop")
     with pytest.raises(OptionError, match="Valid options"):
@@ -85,9 +89,144 @@ def test_parse_method_specs_errors():
         parse_method_specs("fake_copy", options=["fake_fail.at=2"])
     with pytest.raises(OptionError, match="KEY.NAME=VALUE"):
         parse_method_specs("fake_copy", options=["fake_copy.shift"])
-    specs, weights = parse_method_specs("fake_copy,fake_fail", weights=["random", "fake_fail=/tmp/x.pth"])
+    checkpoint = tmp_path / "x.pth"
+    checkpoint.write_bytes(b"weights")
+    specs, weights = parse_method_specs("fake_copy,fake_fail", weights=["random", f"fake_fail={checkpoint}"])
     assert weights == "random"
-    assert [s.weights for s in specs] == [None, "/tmp/x.pth"]
+    assert [s.weights for s in specs] == [None, str(checkpoint)]
+
+
+def test_weights_specs_checked_before_anything_runs(tmp_path):
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    specs, default = parse_method_specs("fake_copy,fake_fail", weights=[f"fake_copy={a}", f"fake_fail={b}"])
+    assert default == "hub" and [s.weights for s in specs] == [str(a), str(b)]
+    assert parse_method_specs("fake_copy", weights=[str(tmp_path)])[1] == str(tmp_path)  # a folder of files
+    for spec, message in [
+        (str(tmp_path / "missing.pth"), "missing.pth: no such file or folder"),
+        (f"fake_copy={tmp_path / 'missing.pth'}", "--weights fake_copy=.*missing.pth: no such file"),
+        ("hf://", "expected hf://OWNER/REPO"),
+        ("hf://owner", "expected hf://OWNER/REPO"),
+        ("hf://own er/repo", "alphanumeric"),
+        ("hug", "hug: no such file or folder .*hub, random"),
+    ]:
+        with pytest.raises(BadWeightsSpec, match=message):
+            parse_method_specs("fake_copy", weights=[spec])
+    with pytest.raises(OptionError, match="two specs for every method"):
+        parse_method_specs("fake_copy", weights=["random", "hub"])
+    with pytest.raises(OptionError, match="fake_copy=... twice"):
+        parse_method_specs("fake_copy", weights=[f"fake_copy={a}", f"fake_copy={b}"])
+    with pytest.raises(OptionError, match="Did you mean 'fake_copy'"):
+        parse_method_specs("fake_copy", weights=[f"fake_cpy={a}"])
+    assert parse_method_specs("fake_copy", weights=["hf://owner/repo"])[1] == "hf://owner/repo"
+
+
+def _unavailable(*, fetchable: bool) -> WeightsUnavailable:
+    return WeightsUnavailable(
+        file_id="tvos.davis", filename="tvos_davis.safetensors", tried=[("hub", "offline")], fetchable=fetchable
+    )
+
+
+@pytest.mark.parametrize(
+    ("weights", "fetchable", "hint"),
+    [
+        ("hub", True, "python -m vos weights fetch tvos.davis"),
+        ("hub", False, None),
+        ("/data/mine.pth", False, "Check --weights /data/mine.pth"),
+        ("hf://someone/elsewhere", True, "Check --weights hf://someone/elsewhere"),
+    ],
+)
+def test_fetch_hint_only_when_fetching_would_help(weights, fetchable, hint):
+    record = runner.MethodRecord("tvos", "TVOS", "semi", "davis", config={"weights": weights})
+    runner._explain(_unavailable(fetchable=fetchable), record)
+    assert record.status == runner.NO_WEIGHTS
+    if hint is None:
+        assert record.hint is None
+    else:
+        assert record.hint.startswith(hint)
+
+
+class _WrongOutput(Method):
+    """Yields label maps that are wrong in the way ``kind`` says."""
+
+    info = MethodInfo(
+        key="fake_wrong_output",
+        title="Wrong Output",
+        task="semi",
+        summary="Test-only method.",
+        variants=("default",),
+        default_variant="default",
+        paper=tests.fakes.PAPER,
+        repo="https://example.org/repo",
+        licence="MIT",
+        options=(Option("kind", str, "size", "what is wrong", choices=("size", "dtype", "none")),),
+    )
+
+    def _build(self) -> None:
+        pass
+
+    def _segment(self, clip, first_mask, progress):
+        for index, _frame in enumerate(clip.frames()):
+            if index == 1 and self.options["kind"] == "size":
+                yield first_mask[:-1]
+            elif index == 1 and self.options["kind"] == "dtype":
+                yield first_mask.astype(np.int64)
+            elif index == 1:
+                yield None
+            else:
+                yield first_mask
+
+
+@pytest.fixture
+def wrong_output():
+    register(_WrongOutput)
+    yield
+    unregister("fake_wrong_output")
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("size", r"returned a uint8 array of shape \(39, 56\) for frame 1; a label map is a uint8 array of shape "
+         r"\(40, 56\)"),
+        ("dtype", r"returned a int64 array of shape \(40, 56\) for frame 1"),
+        ("none", "returned a NoneType for frame 1"),
+    ],
+)  # fmt: skip
+def test_label_maps_of_the_wrong_shape_or_dtype_fail_that_method(tmp_path, shapes, wrong_output, kind, message):
+    clip, masks = shapes
+    specs = [MethodSpec("fake_wrong_output", options={"kind": kind}), MethodSpec("fake_copy")]
+    result = run_methods(clip, masks[0], specs, tmp_path, device="cpu", write_video=False)
+    bad, good = result.records
+    assert bad.status == runner.FAILED and re.search(message, bad.error), bad.error
+    assert "bug in the method" in bad.hint
+    assert not (tmp_path / "masks" / "fake_wrong_output").exists()
+    assert good.status == runner.OK
+
+
+def test_fps_counts_the_method_not_the_png_writing(tmp_path, shapes, monkeypatch):
+    clip, masks = shapes
+    write = vmasks.write_palette_png
+
+    def slow_write(label_map, path):
+        time.sleep(0.1)
+        return write(label_map, path)
+
+    monkeypatch.setattr(vmasks, "write_palette_png", slow_write)
+    result = run_methods(clip, masks[0], [MethodSpec("fake_copy")], tmp_path, device="cpu", write_video=False)
+    record = result.records[0]
+    assert record.status == runner.OK and record.frames_done == 5
+    assert record.segment_s < 0.25  # the five 0.1 s writes are not in it
+    assert record.first_frame_s <= record.segment_s
+    assert record.fps == pytest.approx(5 / record.segment_s)
+
+
+def test_fp16_on_cpu_refused_before_anything_is_written(tmp_path, shapes):
+    clip, masks = shapes
+    with pytest.raises(DtypeUnavailable, match="fp16 is not supported on the CPU"):
+        run_methods(clip, masks[0], [MethodSpec("fake_copy")], tmp_path / "run", device="cpu", dtype="fp16")
+    assert not (tmp_path / "run").exists()
 
 
 def test_unsupervised_segments_matched_to_prompt(tmp_path, shapes):

@@ -11,11 +11,40 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from vos.errors import VosError
 
 log = logging.getLogger("vos")
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number above zero (0 frames or a 0-pixel side is never what someone meant)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
+
+
+class _Once(argparse.Action):
+    """Store an option that makes sense once: a repeat is an error instead of silently replacing the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        marker = f"_{self.dest}_given"
+        if getattr(namespace, marker, False):
+            parser.error(f"{option_string} may be given once")
+        setattr(namespace, marker, True)
+        setattr(namespace, self.dest, values)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -23,30 +52,39 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run methods on a clip and write a run bundle",
         description="Run several methods on one clip, one after another, and write RUN_DIR/run.json, "
-        "RUN_DIR/masks/<method>/<frame>.png (palette PNGs) and RUN_DIR/side_by_side.mp4.",
+        "RUN_DIR/masks/<method>/<frame>.png (palette PNGs) and RUN_DIR/side_by_side.mp4. With --from, the flags "
+        "given override what the run.json records.",
     )
     p.add_argument("clip", nargs="?", help="video file (mp4, webm, avi, mov, mkv) or a folder / zip of frames")
     p.add_argument("--prompt", help="first-frame mask: a DAVIS palette PNG (index = object id)")
-    p.add_argument("--methods", default="all", help="'all' or a comma-separated list of method keys")
+    p.add_argument("--methods", default=None, help="'all' (default) or a comma-separated list of method keys")
     p.add_argument(
         "--variant", action="append", default=[], metavar="KEY=VARIANT", help="choose a variant, e.g. tvos=davis_train"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    # None, not "auto", so that --from can tell a device given here from the one the run.json records.
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="compute precision (default fp32)")
     p.add_argument(
         "--weights",
-        default="hub",
-        help="hub (default), random, a safetensors or official checkpoint file, a folder of them, or hf://OWNER/REPO",
+        action="append",
+        default=[],
+        metavar="[KEY=]SPEC",
+        help="hub (default), random, a safetensors or official checkpoint file, a folder of them, or "
+        "hf://OWNER/REPO[/FILE]; KEY=SPEC for one method (repeatable, e.g. --weights tvos=a.pth --weights "
+        "mixture=b.pth)",
     )
     p.add_argument(
         "--opt", action="append", default=[], metavar="KEY.NAME=VALUE", help="a method option, e.g. tvos.temperature=1"
     )
     p.add_argument(
-        "--max-side", type=int, default=None, help="run the methods at most this many pixels on the long side"
+        "--max-side",
+        type=_positive(int),
+        default=None,
+        help="run the methods at most this many pixels on the long side",
     )
-    p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
-    p.add_argument("--max-seconds", type=float, default=None, help="use at most this many seconds of video")
-    p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder / zip (default 24)")
+    p.add_argument("--max-frames", type=_positive(int), default=None, help="use at most this many frames")
+    p.add_argument("--max-seconds", type=_positive(float), default=None, help="use at most this many seconds of video")
+    p.add_argument("--fps", type=_positive(float), default=None, help="frame rate of a frame folder / zip (default 24)")
     p.add_argument("--gt", default=None, help="ground-truth masks (folder or zip of palette PNGs) to score J&F")
     p.add_argument("--no-video", action="store_true", help="skip the side-by-side MP4")
     p.add_argument(
@@ -74,16 +112,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure peak memory and speed versus resolution")
     p.add_argument("--methods", default="all", help="'all' or KEY[:VARIANT],... (a method may come twice)")
     p.add_argument("--resolutions", default="240,360,480,720,1080", help="short sides in pixels, comma-separated")
-    p.add_argument("--frames", type=int, default=8, help="clip length")
+    p.add_argument("--frames", type=_positive(int), default=8, help="clip length")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--weights", default="random")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per point")
+    # One spec for every point: a sweep has no per-method weights, so a second --weights is refused, not dropped.
+    p.add_argument("--weights", action=_Once, default="random", help="random (default), hub, a file or a folder")
+    p.add_argument("--repeats", type=_positive(int), default=1)
+    p.add_argument("--timeout", type=_positive(float), default=600.0, help="seconds allowed per point")
     p.add_argument("--opt", action="append", default=[], metavar="KEY.NAME=VALUE")
     p.add_argument(
         "--memory-cap",
-        type=float,
+        type=_positive(float),
         default=None,
         metavar="MIB",
         help="stop a point whose memory passes this many MiB (default: 85%% of the RAM free at the start)",

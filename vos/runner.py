@@ -15,13 +15,16 @@ objects on the first frame (Hungarian on IoU) and unmatched segments are kept as
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import itertools
 import json
 import logging
 import os
 import platform
+import re
+import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -61,6 +64,10 @@ class RunError(VosError, ValueError):
     """A run that cannot start (bad output folder, bad --from file...)."""
 
 
+class MethodOutputError(VosError, ValueError):
+    """A method yielded something that is not a label map of the clip's size (a bug in that method)."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # What to run
 
@@ -93,7 +100,7 @@ def parse_method_specs(
     """Turn CLI strings into validated MethodSpecs and the default weights spec.
 
     methods: "all" or "k1,k2"; variants: "key=variant"; options: "key.name=value"; weights: "SPEC" (every method)
-    or "key=SPEC" (one method).
+    or "key=SPEC" (one method). Weights specs naming a file or folder must exist.
     """
     known = mbase.list_keys()
     if isinstance(methods, str):
@@ -102,7 +109,27 @@ def parse_method_specs(
         keys = list(methods)
     for key in keys:
         mbase.method_class(key)  # raises UnknownMethod with a suggestion
-    specs = {key: MethodSpec(key) for key in keys}
+    specs = [MethodSpec(key) for key in keys]
+    default_weights = apply_overrides(specs, variants=variants, options=options, weights=weights)
+    return [spec.validated() for spec in specs], default_weights or "hub"
+
+
+def apply_overrides(
+    specs: Sequence[MethodSpec],
+    *,
+    variants: Iterable[str] = (),
+    options: Iterable[str] = (),
+    weights: Iterable[str] = (),
+) -> str | None:
+    """Apply --variant, --opt and --weights strings to ``specs`` (in place; validate afterwards).
+
+    Returns the default weights spec a bare ``--weights SPEC`` gave, or None. Each weights spec is checked with
+    ``check_weights_spec``.
+    """
+    if isinstance(weights, str):  # one spec, not a list of one-character specs
+        weights = [weights]
+    by_key = {spec.key: spec for spec in specs}
+    keys = list(by_key)
 
     def split_pair(text: str, sep: str, what: str) -> tuple[str, str]:
         if sep not in text:
@@ -112,9 +139,9 @@ def parse_method_specs(
 
     def target(key: str, flag: str) -> MethodSpec:
         mbase.method_class(key)
-        if key not in specs:
+        if key not in by_key:
             raise mbase.OptionError(f"{flag} names {key!r}, which is not among the methods to run ({', '.join(keys)}).")
-        return specs[key]
+        return by_key[key]
 
     for text in variants:
         key, variant = split_pair(text, "=", "--variant KEY=VARIANT")
@@ -123,14 +150,59 @@ def parse_method_specs(
         name, value = split_pair(text, "=", "--opt KEY.NAME=VALUE")
         key, opt = split_pair(name, ".", "--opt KEY.NAME=VALUE")
         target(key, "--opt").options[opt] = value
-    default_weights = "hub"
+    known = mbase.list_keys()
+    default_weights = None
+    per_method: set[str] = set()
     for text in weights:
-        key, _, spec = text.partition("=")
-        if spec and key in known:
-            target(key, "--weights").weights = spec
+        key, sep, spec = (part.strip() for part in text.partition("="))
+        if sep and key in known:
+            if key in per_method:
+                raise mbase.OptionError(f"--weights gives {key}=... twice; give each method one weights spec.")
+            per_method.add(key)
+            target(key, "--weights").weights = check_weights_spec(spec, shown=f"--weights {text.strip()}")
+        elif sep and re.fullmatch(r"[a-z][a-z0-9_]*", key) and not Path(text).expanduser().exists():
+            # KEY=SPEC with a key that is no method (a typo), rather than a file whose name holds "=".
+            raise mbase.OptionError(f"--weights {text}: {mbase.UnknownMethod(key, known)}")
         else:
-            default_weights = text
-    return [spec.validated() for spec in specs.values()], default_weights
+            if default_weights is not None:
+                raise mbase.OptionError(
+                    f"--weights gives two specs for every method ({default_weights!r} and {text!r}); give one, "
+                    "and KEY=SPEC for the methods that differ."
+                )
+            default_weights = check_weights_spec(text)
+    return default_weights
+
+
+def check_weights_spec(spec: str, *, shown: str | None = None) -> str:
+    """Reject a weights spec that cannot work before anything runs: a file or folder that does not exist, or a
+    malformed ``hf://`` address. Whether the Hub has the files is left to loading (it may need the network).
+    Returns the spec, with a file or folder made absolute.
+
+    ``shown`` is how the spec reads to the user (default ``--weights SPEC``); messages start with it.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from vos import weights as vweights
+
+    text = str(spec).strip()
+    shown = shown or f"--weights {text}"
+    if text == "random" or text.lower() == "hub":  # as weights loading reads them
+        return text
+    if text.startswith("hf://"):
+        try:
+            repo, _, _ = vweights._parse_hf(text)  # the loader's own parser, so both agree on what is valid
+            validate_repo_id(repo)
+        except (vweights.BadWeightsSpec, HFValidationError) as err:
+            reason = str(err).removeprefix(f"{text!r}: ")
+            raise vweights.BadWeightsSpec(f"{shown}: {reason}") from None
+        return text
+    path = Path(text).expanduser()
+    if not text or not path.exists():
+        raise vweights.BadWeightsSpec(
+            f"{shown}: {'no such file or folder' if text else 'empty'} (a weights spec is hub, random, a file, "
+            "a folder or hf://OWNER/REPO[/FILE])."
+        )
+    return str(path.absolute())  # as run.json records it, so that `run --from` finds it from any folder
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,7 +379,22 @@ def _explain(err: BaseException, record: MethodRecord) -> None:
     if isinstance(err, getattr(vweights, "WeightsUnavailable", ())):
         record.status = NO_WEIGHTS
         record.error = str(err)
-        record.hint = getattr(err, "command", None) or "Fetch the weights with `python -m vos weights fetch`."
+        spec = str((record.config or {}).get("weights") or "hub").strip()
+        # `weights fetch` fills the cache from the manifest's sources: it helps only when the weights were to come
+        # from there (hub) and the error says such a source exists; its message carries the command exactly then.
+        command = getattr(err, "command", None)
+        fetchable = getattr(err, "fetchable", bool(command) and command in record.error)
+        if spec.lower() == "hub" and fetchable:
+            record.hint = command
+        elif spec.lower() != "hub":
+            record.hint = (
+                f"Check --weights {spec}: it must point at this method's weights (a file, a folder of them, or an "
+                "hf:// repo that holds them)."
+            )
+    elif isinstance(err, MethodOutputError):
+        record.status = FAILED
+        record.error = str(err)
+        record.hint = "This is a bug in the method; please report it with the clip's size."
     elif vdevice.is_out_of_memory(err):
         record.status = OOM
         record.error = f"Ran out of memory on {record.device}."
@@ -343,10 +430,11 @@ def run_methods(
     each method, so a UI (or a person) can follow along.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     first_mask = mbase.check_first_mask(first_mask, clip.size)
     events = events or RunEvents()
     torch_device = vdevice.pick_device(device)
+    vdevice.pick_dtype(dtype, torch_device)  # fp16 on the CPU: a user error now, not every method failing later
+    out_dir.mkdir(parents=True, exist_ok=True)
     vmasks.write_palette_png(first_mask, out_dir / "prompt.png")
     records = []
     for spec in specs:
@@ -444,6 +532,9 @@ class _Cancelled(Exception):
     pass
 
 
+_DONE = object()  # what next() returns when a method's generator ends
+
+
 def _segment_into(
     spec: MethodSpec,
     record: MethodRecord,
@@ -466,24 +557,53 @@ def _segment_into(
     record.config = method.config()
     vdevice.synchronize(torch_device)
     record.load_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for index, label_map in enumerate(method.segment(clip, first_mask)):
-        if index == 0:
-            record.first_frame_s = time.perf_counter() - start
-        if matcher is not None:
-            label_map = matcher(label_map, index)
-        vmasks.write_palette_png(label_map, out / MASK_NAME.format(index))
-        record.frames_done = index + 1
-        bar.update(1)
-        if events.on_frame:
-            events.on_frame(record, index + 1, clip.num_frames)
-        if cancel is not None and cancel.is_set():
-            raise _Cancelled
+    # Only the time spent inside the method counts towards first_frame_s, segment_s and fps: matching segments
+    # and writing PNGs is the runner's work, the same for every method.
+    frames = method.segment(clip, first_mask)
+    compute = 0.0
+    try:
+        for index in itertools.count():
+            tick = time.perf_counter()
+            label_map = next(frames, _DONE)
+            compute += time.perf_counter() - tick
+            if label_map is _DONE:
+                break
+            if index == 0:
+                record.first_frame_s = compute
+            check_label_map(label_map, clip.size, record.title, index)
+            if matcher is not None:
+                label_map = matcher(label_map, index)
+            vmasks.write_palette_png(label_map, out / MASK_NAME.format(index))
+            record.frames_done = index + 1
+            bar.update(1)
+            if events.on_frame:
+                events.on_frame(record, index + 1, clip.num_frames)
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
+    finally:
+        frames.close()  # a method's per-clip state (and device memory) goes now, also on failure or cancel
+    tick = time.perf_counter()
     vdevice.synchronize(torch_device)
-    record.segment_s = time.perf_counter() - start
+    record.segment_s = compute + time.perf_counter() - tick
     if record.frames_done != clip.num_frames:
         raise VosError(f"{record.title} returned {record.frames_done} of {clip.num_frames} frames.")
     record.fps = record.frames_done / record.segment_s if record.segment_s > 0 else None
+
+
+def check_label_map(label_map: Any, size: tuple[int, int], title: str, index: int) -> None:
+    """A method's output must be a uint8 (H, W) label map at the clip's size. Anything else is a bug in that
+    method, and would be written as wrong masks: the PNG writer takes any 2-D integer map and cannot know the
+    clip's size."""
+    if isinstance(label_map, np.ndarray) and label_map.dtype == np.uint8 and label_map.shape == tuple(size):
+        return
+    if isinstance(label_map, np.ndarray):
+        what = f"a {label_map.dtype} array of shape {label_map.shape}"
+    else:
+        what = f"a {type(label_map).__name__}"
+    raise MethodOutputError(
+        f"{title} returned {what} for frame {index}; a label map is a uint8 array of shape {tuple(size)} "
+        "(the clip's size). Its masks were not kept."
+    )
 
 
 def score_against(masks_dir: Path, ground_truth: dict[int, np.ndarray], task: str) -> dict[str, float]:
@@ -579,88 +699,267 @@ def write_side_by_side(result: RunResult) -> Path | None:
 
 
 def _prepare_out_dir(out: str | None) -> Path:
+    """Check --out before any work: new or an empty folder, somewhere a folder can be made."""
     if not out:
         raise RunError("Give the run bundle's folder with --out RUN_DIR.")
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunError(f"{path} already exists and is not an empty folder; choose another --out.")
+    path = Path(out).expanduser()
+    try:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RunError(f"{path} already exists and is not an empty folder; choose another --out.")
+    except OSError as err:
+        raise RunError(f"--out {path}: cannot look inside it ({err.strerror or err}); choose another --out.") from None
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunError(f"--out {path}: {ancestor} is a file, not a folder; choose another --out.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunError(f"--out {path}: cannot create folders in {ancestor} (permission denied); choose another --out.")
     return path
 
 
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; return them, deepest first, so a failed run can remove them."""
+    missing = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _new_work_dir(out_dir: Path) -> Path:
+    # Not mkdtemp: it makes the folder 0700, and the finished bundle keeps the mode of this folder.
+    work = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(6)}.partial"
+    work.mkdir()
+    return work
+
+
 def _load_from(path: str) -> dict[str, Any]:
+    """Read a run.json and check every field `run --from` uses, so a damaged file fails with its name, not a
+    KeyError halfway through."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RunError(f"Cannot read {path}: {err}.") from None
     if not isinstance(data, dict) or data.get("format") != RUN_FORMAT or "methods" not in data:
         raise RunError(f"{path} is not a run.json written by `python -m vos run`.")
+
+    def require(ok: bool, what: str) -> None:
+        if not ok:
+            raise RunError(f"{path} is not a complete run.json: {what} is missing or malformed.")
+
+    clip, prompt, settings, methods = (data.get(k) for k in ("clip", "prompt", "settings", "methods"))
+    require(isinstance(clip, dict) and isinstance(clip.get("source"), (str, type(None))), '"clip.source"')
+    require(isinstance(prompt, dict) and isinstance(prompt.get("file"), str), '"prompt.file"')
+    require(isinstance(settings, dict), '"settings"')
+    for name, kinds in (("max_side", int), ("max_frames", int), ("max_seconds", (int, float)), ("fps", (int, float))):
+        value = settings.get(name)
+        ok = value is None or (isinstance(value, kinds) and not isinstance(value, bool) and value > 0)
+        require(ok, f'"settings.{name}"')
+    for name in ("device", "dtype", "weights", "gt"):
+        require(isinstance(settings.get(name), (str, type(None))), f'"settings.{name}"')
+    require(isinstance(methods, list) and len(methods) > 0, '"methods"')
+    for index, record in enumerate(methods):
+        where = f'"methods[{index}]"'
+        require(isinstance(record, dict), where)
+        require(isinstance(record.get("key"), str) and isinstance(record.get("variant"), str), f"{where}.key/variant")
+        config = record.get("config")
+        require(config is None or isinstance(config, dict), f"{where}.config")
+        if config is not None:
+            require(isinstance(config.get("options", {}), dict), f"{where}.config.options")
+            require(isinstance(config.get("weights_records", []), list), f"{where}.config.weights_records")
     return data
 
 
 def _spec_from_record(record: dict[str, Any]) -> MethodSpec:
     """The MethodSpec that reproduces a run.json method record: same variant, options and weights."""
     config = record.get("config") or {}
-    return MethodSpec(
-        record["key"], record["variant"], dict(config.get("options", {})), config.get("weights")
-    ).validated()
+    return MethodSpec(record["key"], record["variant"], dict(config.get("options", {})), config.get("weights"))
+
+
+def _is_local_spec(spec: str | None) -> bool:
+    text = str(spec or "hub").strip()
+    return not (text == "random" or text.lower() == "hub" or text.startswith("hf://"))
+
+
+def _verify_recorded_weights(record: dict[str, Any], run_json: str) -> None:
+    """The weights files a local --weights spec pointed at must still be the bytes that run loaded."""
+    from vos import weights as vweights
+
+    config = record.get("config") or {}
+    if not _is_local_spec(config.get("weights")):
+        return  # hub and hf:// files are resolved (and checked against the manifest) again by loading
+    for item in config.get("weights_records") or []:
+        path, expected = (item.get("path"), item.get("sha256")) if isinstance(item, dict) else (None, None)
+        if not (isinstance(path, str) and isinstance(expected, str) and Path(path).is_file()):
+            continue
+        actual = vweights.sha256_file(path)
+        if actual.lower() != expected.lower():
+            raise RunError(
+                f"{path} changed since the run {run_json} records: its sha256 is {actual}, the run used {expected} "
+                f"({record['key']}, part {item.get('part')!r}). Restore that file, or pass "
+                f"--weights {record['key']}=FILE to run with another one."
+            )
+
+
+@dataclass
+class _Plan:
+    """Everything `run` needs, from the command line or from a previous run.json."""
+
+    clip: str
+    prompt: str
+    specs: list[MethodSpec]
+    weights: str
+    device: str
+    dtype: str | None
+    limits: Limits
+    max_side: int | None
+    fps: float | None
+    gt: str | None
+
+
+def _plan_from_args(args) -> _Plan:
+    if not args.clip or not args.prompt:
+        raise RunError("Give a clip and its first-frame mask: python -m vos run CLIP --prompt MASK.png --out DIR")
+    specs, default_weights = parse_method_specs(
+        args.methods or "all", variants=args.variant, options=args.opt, weights=args.weights
+    )
+    return _Plan(
+        clip=args.clip,
+        prompt=args.prompt,
+        specs=specs,
+        weights=default_weights,
+        device=args.device or "auto",
+        dtype=args.dtype,
+        limits=Limits(max_frames=args.max_frames, max_seconds=args.max_seconds),
+        max_side=args.max_side,
+        fps=args.fps,
+        gt=args.gt,
+    )
+
+
+def _plan_from_run(args) -> _Plan:
+    """Repeat a recorded run: its clip, prompt, methods, options, weights, device and limits. Flags given on the
+    command line override what run.json records, and the log says which."""
+    previous = _load_from(args.from_run)
+    settings = previous["settings"]
+    if args.methods:
+        recorded = ", ".join(m["key"] for m in previous["methods"])
+        raise RunError(
+            f"--methods cannot be combined with --from: the run repeats the methods {args.from_run} records "
+            f"({recorded}). Change them with --variant, --opt and --weights."
+        )
+    clip_path = args.clip or previous["clip"]["source"]
+    if not clip_path:
+        raise RunError(f"{args.from_run} records no clip file; give the clip: python -m vos run CLIP --from ...")
+    if not args.clip and not Path(clip_path).exists():
+        raise RunError(
+            f"The clip {args.from_run} records, {clip_path}, is not there; give it: python -m vos run CLIP --from ..."
+        )
+    specs = [_spec_from_record(m) for m in previous["methods"]]
+    recorded_weights = {spec.key: spec.weights for spec in specs}
+    for spec in specs:
+        spec.weights = None  # so that the ones --weights KEY=SPEC sets show afterwards
+    default_weights = apply_overrides(specs, variants=args.variant, options=args.opt, weights=args.weights)
+    for spec, record in zip(specs, previous["methods"]):
+        if spec.weights is None and default_weights is None:
+            spec.weights = recorded_weights[spec.key]
+            _verify_recorded_weights(record, args.from_run)
+        elif spec.weights is None:
+            spec.weights = default_weights
+    for spec in specs:
+        if spec.weights is not None:
+            check_weights_spec(spec.weights, shown=f"{spec.key}'s weights {spec.weights}")
+    given = [
+        f"{flag} {value}"
+        for flag, value in (
+            ("--device", args.device),
+            ("--dtype", args.dtype),
+            ("--max-side", args.max_side),
+            ("--max-frames", args.max_frames),
+            ("--max-seconds", args.max_seconds),
+            ("--fps", args.fps),
+            ("--gt", args.gt),
+        )
+        if value is not None
+    ]
+    given += [f"--variant {v}" for v in args.variant] + [f"--opt {o}" for o in args.opt]
+    given += [f"--weights {w}" for w in args.weights]
+    if given:
+        log.info("Repeating %s with overrides: %s", args.from_run, ", ".join(given))
+
+    def pick(value: Any, name: str) -> Any:
+        return value if value is not None else settings.get(name)
+
+    return _Plan(
+        clip=clip_path,
+        prompt=args.prompt or str(Path(args.from_run).parent / previous["prompt"]["file"]),
+        specs=[spec.validated() for spec in specs],
+        weights=default_weights or settings.get("weights") or "hub",
+        device=args.device or settings.get("device") or "auto",
+        dtype=pick(args.dtype, "dtype"),
+        limits=Limits(
+            max_frames=pick(args.max_frames, "max_frames"), max_seconds=pick(args.max_seconds, "max_seconds")
+        ),
+        max_side=pick(args.max_side, "max_side"),
+        fps=pick(args.fps, "fps"),
+        gt=pick(args.gt, "gt"),
+    )
 
 
 def command_run(args) -> int:
-    """`python -m vos run`: validate everything, run into a temporary folder, move it into place when done."""
+    """`python -m vos run`: validate everything, run into a temporary folder, move it into place when done.
+
+    Bad input (clip, prompt, options, weights specs, device, --out, --from) raises before anything is written."""
     out_dir = _prepare_out_dir(args.out)
-    if args.from_run:
-        previous = _load_from(args.from_run)
-        settings = previous["settings"]
-        clip_path = args.clip or previous["clip"]["source"]
-        prompt_path = args.prompt or str(Path(args.from_run).parent / previous["prompt"]["file"])
-        specs = [_spec_from_record(m) for m in previous["methods"]]
-        default_weights = settings.get("weights", "hub")
-        device, dtype = args.device, settings.get("dtype")
-        limits = Limits(max_frames=settings.get("max_frames"), max_seconds=settings.get("max_seconds"))
-        max_side, fps = settings.get("max_side"), settings.get("fps")
-    else:
-        if not args.clip or not args.prompt:
-            raise RunError("Give a clip and its first-frame mask: python -m vos run CLIP --prompt MASK.png --out DIR")
-        clip_path, prompt_path = args.clip, args.prompt
-        specs, default_weights = parse_method_specs(
-            args.methods, variants=args.variant, options=args.opt, weights=[args.weights]
-        )
-        device, dtype = args.device, args.dtype
-        limits = Limits(max_frames=args.max_frames, max_seconds=args.max_seconds)
-        max_side, fps = args.max_side, args.fps
-    vdevice.pick_device(device)  # fail now if the device is missing
-    clip = open_clip(clip_path, limits, fps=fps).with_max_side(max_side)
-    prompt = vmasks.read_palette_png(prompt_path, size=clip.size)
+    plan = _plan_from_run(args) if args.from_run else _plan_from_args(args)
+    try:
+        torch_device = vdevice.pick_device(plan.device)
+    except vdevice.DeviceUnavailable as err:
+        if args.from_run and not args.device:
+            raise vdevice.DeviceUnavailable(f"{err} ({args.from_run} records --device {plan.device}.)") from None
+        raise
+    vdevice.pick_dtype(plan.dtype, torch_device)
+    clip = open_clip(plan.clip, plan.limits, fps=plan.fps).with_max_side(plan.max_side)
+    prompt = vmasks.read_palette_png(plan.prompt, size=clip.size)
     mbase.check_first_mask(prompt, clip.size)
-    ground_truth = read_ground_truth(args.gt, clip) if getattr(args, "gt", None) else None
+    ground_truth = read_ground_truth(plan.gt, clip) if plan.gt else None
     for note in clip.notes:
         log.info("%s", note)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    created = _make_parents(out_dir)
+    work = None
     try:
+        work = _new_work_dir(out_dir)
         result = run_methods(
             clip,
             prompt,
-            specs,
+            plan.specs,
             work,
-            device=device,
-            dtype=dtype,
-            weights=default_weights,
+            device=plan.device,
+            dtype=plan.dtype,
+            weights=plan.weights,
             ground_truth=ground_truth,
             write_video=not args.no_video,
             settings={
-                "max_side": max_side,
-                "max_frames": limits.max_frames,
-                "max_seconds": limits.max_seconds,
-                "fps": fps,
+                "max_side": plan.max_side,
+                "max_frames": plan.limits.max_frames,
+                "max_seconds": plan.limits.max_seconds,
+                "fps": plan.fps,
+                "gt": str(Path(plan.gt).absolute()) if plan.gt else None,
             },
         )
         if out_dir.exists():
             out_dir.rmdir()  # verified empty above
         work.rename(out_dir)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        for folder in created:  # deepest first; only what this run made, and only while empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     print(summary_table(result.records))
     print(f"Run bundle: {out_dir}")
@@ -709,8 +1008,9 @@ def describe_method(info: mbase.MethodInfo, *, full: bool = False) -> str:
             )
     for opt in info.options:
         paper = f" [paper: {opt.format(opt.paper)}]" if opt.paper is not None else ""
-        choices = f" {{{', '.join(opt.format(c) for c in opt.choices)}}}" if opt.choices else ""
-        lines.append(f"         --opt {info.key}.{opt.name}={opt.format(opt.default)}{choices}{paper}  {opt.help}")
+        lines.append(
+            f"         --opt {info.key}.{opt.name}={opt.format(opt.default)} ({opt.describe()}){paper}  {opt.help}"
+        )
     return "\n".join(lines)
 
 
