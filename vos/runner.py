@@ -190,7 +190,7 @@ def check_weights_spec(spec: str, *, shown: str | None = None) -> str:
         return text
     if text.startswith("hf://"):
         try:
-            repo, _, _ = vweights._parse_hf(text)  # the loader's own parser, so both agree on what is valid
+            repo, _, _ = vweights.parse_hf(text)  # the loader's own parser, so both agree on what is valid
             validate_repo_id(repo)
         except (vweights.BadWeightsSpec, HFValidationError) as err:
             reason = str(err).removeprefix(f"{text!r}: ")
@@ -382,10 +382,8 @@ def _explain(err: BaseException, record: MethodRecord) -> None:
         spec = str((record.config or {}).get("weights") or "hub").strip()
         # `weights fetch` fills the cache from the manifest's sources: it helps only when the weights were to come
         # from there (hub) and the error says such a source exists; its message carries the command exactly then.
-        command = getattr(err, "command", None)
-        fetchable = getattr(err, "fetchable", bool(command) and command in record.error)
-        if spec.lower() == "hub" and fetchable:
-            record.hint = command
+        if spec.lower() == "hub" and err.fetchable:
+            record.hint = err.command
         elif spec.lower() != "hub":
             record.hint = (
                 f"Check --weights {spec}: it must point at this method's weights (a file, a folder of them, or an "

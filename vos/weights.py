@@ -87,6 +87,7 @@ class WeightsUnavailable(VosError, FileNotFoundError):
         fetchable: bool = True,
     ):
         self.method, self.variant, self.part = method, variant, part
+        self.fetchable = fetchable
         self.file_id, self.filename, self.tried = file_id, filename, tried
         target = f"{method}:{variant}" if method and variant else file_id
         self.command = f"python -m vos weights fetch {target}"
@@ -1019,7 +1020,7 @@ def load_into(module: torch.nn.Module, method: str, variant: str, part: str, spe
     if text.lower() == "hub":
         resolved, state = _from_hub_spec(target)
     elif text.startswith("hf://"):
-        repo, revision, inner = _parse_hf(text)
+        repo, revision, inner = parse_hf(text)
         if inner is None:
             resolved, state = _from_hub_spec(target, repo=repo)
         else:
@@ -1033,6 +1034,7 @@ def load_into(module: torch.nn.Module, method: str, variant: str, part: str, spe
                     method=method,
                     variant=variant,
                     part=part,
+                    fetchable=False,  # `weights fetch` knows the manifest's sources, not this repository
                 ) from miss
             resolved, state = _from_local(target, [local], local.parent, single=True, label=f"hf:{repo}/{inner}")
     else:
@@ -1107,7 +1109,7 @@ def _from_hub_spec(target: _Target, repo: str | None = None) -> tuple[Resolved, 
     return resolved, read_checkpoint(resolved.path)
 
 
-def _parse_hf(spec: str) -> tuple[str, str | None, str | None]:
+def parse_hf(spec: str) -> tuple[str, str | None, str | None]:
     """hf://OWNER/REPO[@REVISION][/PATH/IN/REPO] -> (repo, revision, path or None)."""
     rest = spec.removeprefix("hf://").strip("/")
     pieces = rest.split("/")

@@ -149,6 +149,7 @@ INFO = MethodInfo(
             RELEASE_WINDOW,
             "How far back the sparse references reach: linspace(max(t - window, 0), t - 4, 6). At least 9.",
             paper=PAPER_WINDOW,
+            minimum=ALL_PREVIOUS_UNTIL,
         ),
         Option(
             "chunk_size",
@@ -156,6 +157,7 @@ INFO = MethodInfo(
             1024,
             f"Target pixels (feature cells) whose affinities are held at once, rounded up to a multiple of "
             f"{ROW_BLOCK}; 0 = the whole frame (the release's dense matrix). Memory only: the masks are identical.",
+            minimum=0,
         ),
     ),
     weights={variant: {"embedding": f"tvos.{variant}"} for variant in VARIANTS},
