@@ -1,15 +1,21 @@
-"""The mixture method: its fixed functions against the spec's numbers, EM, the history, the CRF, exact chunked
-scoring, tracking with the weightless rgb variant, and the xcit variant end to end with random weights."""
+"""The mixture method: its fixed functions against the spec's numbers, EM (the M-step's clamp and replacement, the
+E-step's multiplicative indicator), the history, the CRF and its image, exact chunked scoring, tracking with the
+weightless rgb variant (paper options, an object that leaves and comes back), the variants' feature widths, and the
+xcit variant end to end with random weights."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vos.methods as vm
+from vos.methods import mixture
 from vos.methods.mixture import (
     Geometry,
     give_small_objects_a_cell,
@@ -18,7 +24,8 @@ from vos.methods.mixture import (
     window_size,
 )
 from vos.methods.mixture.crf import PacCrf, dual_focal_loss, gaussian_filter
-from vos.synthetic import moving_shapes
+from vos.methods.mixture.features import resize_frame
+from vos.synthetic import SHAPE_COLOURS, moving_shapes, textured_background
 from vos.video import Clip
 
 # --------------------------------------------------------------------------------------------------------------
@@ -80,23 +87,105 @@ def _samples_around(direction: torch.Tensor, n: int, spread: float, seed: int) -
     return torch.nn.functional.normalize(direction + noise, dim=1)
 
 
-@pytest.mark.parametrize("spread", [0.02, 0.04])
-def test_mstep_recovers_direction_and_concentration(spread):
+def test_mstep_recovers_direction_and_concentration():
     dim, nf = 448, 384
     gen = torch.Generator().manual_seed(1)
     direction = torch.nn.functional.normalize(torch.randn(dim, generator=gen), dim=0)
-    points = _samples_around(direction, 3000, spread, seed=2)
-    active = torch.ones(1, 1, 1, dtype=torch.bool)
-    start = torch.nn.functional.normalize(torch.randn(1, 1, 1, dim, generator=gen), dim=-1)
-    mixtures = vmf.initial_mixtures(start, active, nf)
-    cells = vmf.Points.from_masks(torch.ones(1, points.shape[0], dtype=torch.bool))
-    vmf.em(mixtures, torch.tensor([0]), points, cells, iterations=3, tolerance=1e-5, history=None)
-    assert float(mixtures.mu[0, 0, 0] @ direction) > 0.999
-    r = float(points.mean(0).norm())
-    expected = (dim * r - r**3) / (1 - r**2)
-    assert float(mixtures.kappa[0, 0, 0]) == pytest.approx(expected, rel=1e-3)
-    # Tighter samples, higher concentration; the clamp keeps it below 9000.
-    assert 50 < float(mixtures.kappa[0, 0, 0]) < vmf.KAPPA_MAX
+    kappas = {}
+    for spread in (0.02, 0.04):
+        points = _samples_around(direction, 3000, spread, seed=2)
+        active = torch.ones(1, 1, 1, dtype=torch.bool)
+        start = torch.nn.functional.normalize(torch.randn(1, 1, 1, dim, generator=gen), dim=-1)
+        mixtures = vmf.initial_mixtures(start, active, nf)
+        cells = vmf.Points.from_masks(torch.ones(1, points.shape[0], dtype=torch.bool))
+        vmf.em(mixtures, torch.tensor([0]), points, cells, iterations=3, tolerance=1e-5, history=None)
+        assert float(mixtures.mu[0, 0, 0] @ direction) > 0.999, spread
+        r = float(points.mean(0).norm())
+        expected = (dim * r - r**3) / (1 - r**2)
+        kappas[spread] = float(mixtures.kappa[0, 0, 0])
+        assert kappas[spread] == pytest.approx(expected, rel=1e-3), spread
+    # Tighter samples, higher concentration (both well inside the clamp).
+    assert 50 < kappas[0.04] < 0.5 * kappas[0.02] < vmf.KAPPA_MAX
+
+
+def test_mstep_clamps_kappa_and_replaces_invalid_ones():
+    nf, dim = 4, 12
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(2, 2, 3, dim, generator=gen), dim=-1)
+    counts = torch.full((2, 2, 3), 10.0)
+    # Mean resultant length r of each component's points: 0.5 (inside the clamp), 0.9999 (kappa ~ 5.5e4 -> 9000),
+    # 0 (kappa -> 0, clamped to 1e-6); NaN statistics give a NaN kappa, which is replaced.
+    lengths = torch.tensor([[[0.5, 0.9999, 0.0], [0.5, 0.5, 0.5]], [[0.5, 0.5, 0.7], [0.5, 0.5, 0.5]]])
+    stats = directions * (counts * lengths)[..., None]
+    stats[0, 1, 0] = float("nan")  # object 0: the first valid component in (S, K) order is (0, 0)
+    stats[1, 0, :2] = float("nan")  # object 1: it is (0, 2)
+    zeros = torch.zeros_like(stats), torch.zeros_like(counts)
+    active = torch.ones(2, 2, 3, dtype=torch.bool)
+    params = vmf._mstep(stats, counts, *zeros, active, nf)
+    kappa, mu = params.kappa, params.mu
+    assert torch.isfinite(kappa).all() and torch.isfinite(mu).all()
+    r = 0.5 * 10 / (10 + 2e-6)
+    assert float(kappa[0, 0, 0]) == pytest.approx((dim * r - r**3) / (1 - r**2), rel=1e-5)
+    assert float(kappa[0, 0, 1]) == pytest.approx(vmf.KAPPA_MAX, rel=1e-6)
+    assert 0 < float(kappa[0, 0, 2]) < 1e-5
+    torch.testing.assert_close(mu[0, 0, 0], directions[0, 0, 0])
+    # The replaced components take the first valid component's kappa and mean, exactly.
+    assert float(kappa[0, 1, 0]) == float(kappa[0, 0, 0]) and torch.equal(mu[0, 1, 0], mu[0, 0, 0])
+    for k in (0, 1):
+        assert float(kappa[1, 0, k]) == float(kappa[1, 0, 2]) and torch.equal(mu[1, 0, k], mu[1, 0, 2])
+    assert float(kappa[1, 0, 2]) != float(kappa[1, 1, 0])  # r = 0.7, not the others' 0.5
+    torch.testing.assert_close(mu[0, 1, 1], directions[0, 1, 1])  # the other components keep their own
+
+
+def test_estep_multiplies_log_joints_by_the_indicator():
+    """The release multiplies each log-joint by the stored 0/1 indicator: a component that is off gets logit 0 (not
+    -inf), and so does a masked slot; with everything off the posterior is uniform over all K_max slots."""
+    nf, dim, grid = 8, 72, (4, 4)
+    gen = torch.Generator().manual_seed(0)
+    rho = vmf.position_code(*grid)
+    pe = vmf.unit(rho)
+    frame = torch.nn.functional.normalize(torch.cat([torch.randn(16, nf, generator=gen) * 3, 2.5 * rho], 1), dim=1)
+    cell = 5
+    x = frame[cell]
+    other = torch.nn.functional.normalize(torch.randn(dim, generator=gen), dim=0)
+    # Log-joints at this point (d = 72): component 0 matches it (~ +221), component 1 points away with kappa 9000
+    # (~ -17700), component 2 is in between (~ +90); slot 3 is masked (~ -1e6).
+    mu = torch.stack([x, -x, other, x])[None, None]
+    kappa = torch.tensor([[[500.0, 9000.0, 50.0, 1.0]]])
+    active = torch.tensor([[[True, True, True, False]]])
+    alpha = torch.tensor([[[0.5, 0.3, 0.2, 0.0]]])
+    thresholds = vmf.indicator_thresholds(1)
+    points = vmf.Points.from_masks(torch.arange(16)[None] == cell)
+
+    def posterior(near: list[bool], gate: bool) -> torch.Tensor:
+        mixtures = vmf.set_params(alpha, mu, kappa, active, nf)
+        joint = mixtures.logalpha[0, 0] + mixtures.kappa[0, 0] * (mixtures.mu[0, 0] @ x) + mixtures.log_c[0, 0]
+        flags = torch.tensor(near)
+        stored = torch.where(flags[:, None], pe[cell], -pe[cell])[None, None]  # cosine +1 (near) or -1 (far)
+        indicator = vmf.Indicator(torch.full((1, 16), gate), stored)
+        history = (torch.zeros(1, 1, 4, dim), torch.zeros(1, 1, 4))
+        _, counts = vmf.em(
+            mixtures,
+            torch.tensor([0]),
+            frame,
+            points,
+            iterations=1,
+            tolerance=0,
+            history=history,
+            indicator=indicator,
+            pe_unit=pe,
+            thresholds=thresholds,
+        )
+        expected = torch.softmax(joint * (flags & gate), dim=0)
+        torch.testing.assert_close(counts[0, 0], expected)
+        return counts[0, 0]
+
+    # Only the far-away component is on: the three that are off (the masked slot too) share the point equally.
+    torch.testing.assert_close(posterior([False, True, False, False], True), torch.tensor([1 / 3, 0, 1 / 3, 1 / 3]))
+    # The matching component is on: it takes the point.
+    torch.testing.assert_close(posterior([True, True, True, False], True), torch.tensor([1.0, 0, 0, 0]))
+    # Outside the object's window every component is off: uniform over all K_max slots, masked ones included.
+    torch.testing.assert_close(posterior([True, True, True, True], False), torch.full((4,), 0.25))
 
 
 def test_em_separates_two_clusters_and_reports_statistics():
@@ -152,12 +241,15 @@ def test_history_weights_and_anchors():
     assert float(paper[newest]) == pytest.approx(2 ** (-step), abs=1e-4)
 
 
-def test_first_centres_handle_tiny_objects():
-    gen = torch.Generator().manual_seed(0)
-    picks = vmf.first_centres(gen, [1, 2, 5], 4)
-    assert picks[0].tolist() == [0, 0, 0, 0]
-    assert set(picks[1].tolist()) <= {0, 1}  # the release crashes here (randint over an empty range)
-    assert set(picks[2].tolist()) <= {1, 2, 3}  # the release's range [1, n - 2]
+def test_first_centres_handle_tiny_objects_and_keep_the_release_stream():
+    picks = vmf.first_centres(torch.Generator().manual_seed(0), [1, 2, 5], 200)
+    assert picks[0].tolist() == [0] * 200
+    assert set(picks[1].tolist()) == {0, 1}  # both cells (the release crashes: randint over an empty range)
+    assert set(picks[2].tolist()) == {1, 2, 3}  # the release's range [1, n - 2], never the first or last point
+    # The random stream is the release's: no draw for a single point, one randint per other object, in order.
+    replay = torch.Generator().manual_seed(0)
+    assert torch.equal(picks[1], torch.randint(0, 2, (200,), generator=replay))
+    assert torch.equal(picks[2], torch.randint(1, 4, (200,), generator=replay))
 
 
 def test_greedy_centres_spread_over_the_object():
@@ -236,7 +328,14 @@ def test_geometry_and_gate_window():
     assert portrait.frame == (832, 480)
     small = Geometry.for_frame((96, 128), 96, 8)
     assert small.grid == (24, 32)
-    assert window_size(19, 24, 24) % 2 == 1 and window_size(39, 24, 32) <= 2 * 32 - 1
+    # Scaled with the grid's short side (19 * 24/120 = 3.8 -> 4 -> odd 5; 39 * 24/120 = 7.8 -> 8 -> 9) ...
+    assert window_size(19, 24, 24) == 5 and window_size(39, 24, 32) == 9
+    assert window_size(39, 24 * 5, 208) == 39 and window_size(19, 4, 4) == 1
+    # ... and cut to 2 * extent - 1 cells, the most that reflect padding allows.
+    assert window_size(39, 120, 12) == 23
+    assert presence_windows(torch.zeros(12, 12, dtype=torch.long), 1, 23, 23).all()
+    with pytest.raises(RuntimeError):
+        presence_windows(torch.zeros(12, 12, dtype=torch.long), 1, 25, 25)
 
 
 def test_small_objects_get_a_cell():
@@ -325,6 +424,130 @@ def test_rgb_variant_is_reproducible_and_frame0_is_the_prompt():
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     # Frame 0 is the prompt squashed to 480x480 and back (nearest both ways): the prompt itself here.
     assert np.array_equal(first[0], data.masks[0])
+
+
+def test_paper_options_are_off_by_default_and_change_the_masks():
+    data = moving_shapes(6, (40, 56), 2, seed=2)
+    clip = Clip.from_frames(data.frames)
+    opts = dict(variant="rgb", weights="random", device="cpu", size=40, num_models=2, crf=False, max_iters=5)
+    default = vm.create("mixture", **opts)
+    assert default.options["paper_w_rho"] is False and default.options["paper_time_kernel"] is False
+    base = list(default.segment(clip, data.masks[0]))
+    for name in ("paper_w_rho", "paper_time_kernel"):
+        changed = list(vm.create("mixture", **opts, **{name: True}).segment(clip, data.masks[0]))
+        assert np.array_equal(changed[0], base[0]), name  # frame 0 is the prompt either way
+        assert sum(int((a != b).sum()) for a, b in zip(changed[1:], base[1:])) > 0, name
+
+
+def test_absent_object_keeps_its_history_and_comes_back(monkeypatch):
+    """Object 2 is hidden in frames 3-5. It leaves the output, its EM is skipped and its history is neither
+    written nor cleared (ages frozen) while the previous output lacks it; it is found again at its last window."""
+    size = (48, 64)
+    background = textured_background(size, np.random.default_rng(0))
+    prompt = np.zeros(size, np.uint8)
+    prompt[8:24, 6:22] = 1
+    prompt[26:42, 38:56] = 2
+    frames, truth = [], []
+    for t in range(9):
+        labels = np.where((prompt == 2) & (3 <= t <= 5), 0, prompt).astype(np.uint8)
+        frame = background.copy()
+        for k in (1, 2):
+            frame[labels == k] = SHAPE_COLOURS[k - 1]
+        frames.append(frame)
+        truth.append(labels)
+    events: list[tuple[str, list[int]]] = []
+    kept: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    save, age = vmf.History.save, vmf.History.age
+
+    def recording_save(self, objects, *args):
+        events.append(("save", objects.tolist()))
+        return save(self, objects, *args)
+
+    def recording_age(self, objects, step):
+        events.append(("age", objects.tolist()))
+        if 2 in objects.tolist():
+            kept.append((int(self.saves[2]), self.stats[2].clone(), self.tau[2].clone()))
+        return age(self, objects, step)
+
+    monkeypatch.setattr(vmf.History, "save", recording_save)
+    monkeypatch.setattr(vmf.History, "age", recording_age)
+    method = vm.create(
+        "mixture", variant="rgb", weights="random", device="cpu", size=48, num_models=2, crf=False, max_iters=10
+    )
+    outputs = list(method.segment(Clip.from_frames(frames), prompt))
+    for t in (3, 4, 5):
+        assert not (outputs[t] == 2).any(), t
+    for t in (6, 7, 8):
+        assert _iou(outputs[t], truth[t], 2) >= 0.8, t
+    assert all(_iou(o, g, 1) >= 0.6 for o, g in zip(outputs, truth))  # the other object is followed throughout
+    # One initial save, then per frame: save the objects that ran, age the skipped ones.
+    assert events[0] == ("save", [0, 1, 2]) and len(events) == 1 + 2 * 9
+    saved = [objects for kind, objects in events[1::2]]
+    aged = [objects for kind, objects in events[2::2]]
+    skipped = [4, 5, 6]  # the frames after one whose output lacks object 2
+    assert [2 in objects for objects in saved] == [t not in skipped for t in range(9)]
+    assert aged == [[2] if t in skipped else [] for t in range(9)]
+    # Its history is kept as it was: no save, the same statistics; the stamps move with the clock.
+    (saves0, stats0, tau0), *_, (saves1, stats1, tau1) = kept
+    assert saves0 == saves1 and torch.equal(stats0, stats1)
+    stamped = tau0 > 0
+    torch.testing.assert_close(tau1[stamped] - tau0[stamped], torch.full((int(stamped.sum()),), 2 * 0.33).double())
+
+
+def test_crf_image_is_a_pil_bicubic_resize_of_the_working_frame(monkeypatch):
+    """The release's CRF image: PIL bicubic of its read_frame output (the frame already cv2-resized to the working
+    size), to twice the grid. Not a resize of the decoded frame, and not cv2's bicubic."""
+    generator = np.random.default_rng(3)
+    decoded = generator.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    seen: list[tuple[np.ndarray, torch.Tensor]] = []
+    crf_image = mixture._Session.crf_image
+
+    def recording(self, frame):
+        image = crf_image(self, frame)
+        seen.append((frame.copy(), image))
+        return image
+
+    monkeypatch.setattr(mixture._Session, "crf_image", recording)
+    method = vm.create("mixture", variant="rgb", weights="random", device="cpu", size=40, num_models=2, crf=False)
+    prompt = np.zeros((45, 61), np.uint8)
+    prompt[10:30, 12:40] = 1
+    next(iter(method.segment(Clip.from_frames([decoded, decoded]), prompt)))
+    geometry = Geometry.for_frame((45, 61), 40, 8)
+    assert geometry.frame == (40, 48) and geometry.crf == (20, 24)
+    ((frame, image),) = seen
+    working = resize_frame(decoded, geometry)
+    assert np.array_equal(frame, working)
+    expected = np.asarray(Image.fromarray(working).resize((24, 20), Image.BICUBIC))
+    assert image.shape == (1, 3, 20, 24) and image.dtype == torch.float32
+    assert np.array_equal(image[0].permute(1, 2, 0).numpy(), expected)
+    # The alternatives give other pixels.
+    from_decoded = np.asarray(Image.fromarray(decoded).resize((24, 20), Image.BICUBIC))
+    assert not np.array_equal(from_decoded, expected)
+    assert not np.array_equal(cv2.resize(working, (24, 20), interpolation=cv2.INTER_CUBIC), expected)
+    # The method itself needs only the geometry and the device.
+    direct = mixture._Session.crf_image(SimpleNamespace(geometry=geometry, device=torch.device("cpu")), working)
+    assert torch.equal(direct, image)
+
+
+@pytest.mark.parametrize(
+    ("variant", "width", "dinov2"), [("xcit", 384, None), ("xcit_dinov2_s", 768, 384), ("xcit_dinov2_b", 1152, 768)]
+)
+def test_variants_build_with_their_feature_width(variant, width, dinov2):
+    """XCiT-S/8's 384 channels, concatenated with DINOv2 ViT-S/14's 384 or ViT-B/14's 768 (the paper's d = 768 and
+    1152). Built on the meta device: shapes only, no memory, no time."""
+    with torch.device("meta"):
+        method = vm.create("mixture", variant=variant, weights="random", device="meta", size=64)
+        features = method.features
+        assert features.n_features == width
+        assert [r["part"] for r in method.weights_records] == ["xcit"] + (["dinov2"] if dinov2 else [])
+        if dinov2 is None:
+            assert features.dinov2 is None
+        else:
+            assert features.dinov2.embed_dim == dinov2 and len(features.dinov2.blocks) == 12
+            assert features.dinov2.patch_embed.patch_size == (14, 14)
+        geometry = Geometry.for_frame((64, 96), 64, 64)
+        cells = features(np.zeros((*geometry.frame, 3), np.uint8), geometry)
+    assert cells.shape == (geometry.cells, width)
 
 
 def test_xcit_variant_with_random_weights_runs_three_small_frames():
