@@ -114,12 +114,28 @@ def test_patch_features_shape_layer_and_norm():
         last = xcit.patch_features(model, images)
         last_raw = xcit.patch_features(model, images, norm=False)
         early = xcit.patch_features(model, images, layer=3, norm=False)
-    assert last.shape == (1, DIM, 6, 8)
+        early_normed = xcit.patch_features(model, images, layer=3)
+        # By hand: patch embedding, plus the position encoding, then XCA blocks 0-3, tokens row-major.
+        tokens, (rows, cols) = model.patch_embed(images)
+        tokens = tokens + model.pos_embed(1, rows, cols).flatten(2).transpose(1, 2)
+        for block in model.blocks[:4]:
+            tokens = block(tokens, rows, cols)
+        by_hand = tokens.transpose(1, 2).reshape(1, DIM, rows, cols)
+        for block in model.blocks[4:]:
+            tokens = block(tokens, rows, cols)
+        all_blocks = tokens.transpose(1, 2).reshape(1, DIM, rows, cols)
+    assert last.shape == (1, DIM, 6, 8) and (rows, cols) == (6, 8)
     assert early.shape == (1, DIM, 6, 8)
+    torch.testing.assert_close(early, by_hand, rtol=0, atol=0)
+    torch.testing.assert_close(last_raw, all_blocks, rtol=0, atol=0)
+    assert not torch.allclose(early, last_raw, atol=1e-3)  # block 3 is not the last block
     assert not torch.allclose(last, last_raw)
     with torch.inference_mode():
         normed = model.norm(last_raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        early_by_hand = model.norm(by_hand.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     torch.testing.assert_close(last, normed)
+    torch.testing.assert_close(early_normed, early_by_hand)
+    assert torch.equal(xcit.patch_features(model, images, layer=-9, norm=False), early)  # counted from the end
     with pytest.raises(ValueError):
         xcit.patch_features(model, images, layer=12)
     with pytest.raises(ValueError):
