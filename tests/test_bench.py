@@ -14,7 +14,7 @@ import tests.fakes  # noqa: F401 -- registers the fake_* methods in this process
 from vos import bench
 from vos.__main__ import main
 from vos.errors import VosError
-from vos.methods import SEMI, MethodInfo, Option, Paper, Reported, UnknownMethod
+from vos.methods import SEMI, MethodInfo, Option, Paper, Reported, UnknownMethod, available
 
 # --------------------------------------------------------------------------------------------------------------
 # What to measure
@@ -251,8 +251,22 @@ def test_cli_charts_a_stored_file_and_fails_on_failed_points(tmp_path, capsys):
     assert main(["bench", "--from", str(failed)]) == 1  # a failure (not a resource limit) is worth an exit code
 
 
+def test_cli_refuses_bad_weights_and_dtype_before_measuring(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    argv = ["bench", "--methods", "fake_copy", "--resolutions", "64", "--out", str(out)]
+    assert main([*argv, "--weights", str(tmp_path / "nope.pth")]) == 2
+    assert "nope.pth: no such file or folder" in capsys.readouterr().err
+    assert main([*argv, "--dtype", "fp16", "--device", "cpu"]) == 2
+    assert "fp16 is not supported on the CPU" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_stored_results_are_valid_and_chart():
     stored = bench.stored_results()
+    assert stored, "assets/bench/ holds at least one measured sweep"
+    measured = {p.method for _, results in stored for p in bench.points_of(results) if p.status == bench.OK}
+    missing = {info.key for info in available() if not info.key.startswith("fake_")} - measured
+    assert not missing, f"no stored sweep measures {sorted(missing)}: run `python -m vos bench` and store it"
     for path, results in stored:
         assert path.name.startswith(("cpu-", "cuda-")), "name stored files after the hardware (hardware_slug)"
         assert bench.memory_figure(results).data and bench.fps_figure(results).data

@@ -1299,8 +1299,9 @@ def accuracy_speed_figure(
         notes.append(f"{len(missing)} reported accuracies without a reported speed are not shown")
     xs = [x for trace in fig.data for x in (trace.x or ()) if x]
     ys = [y for trace in fig.data for y in (trace.y or ()) if y is not None]
-    # Room around the markers for their labels (a log axis' range is in decades).
-    x_range = [math.log10(min(xs)) - 0.3, math.log10(max(xs)) + 0.3] if xs else None
+    # Room around the markers for their centred labels (a log axis' range is in decades); the papers' labels name
+    # the hardware too, so the fastest (rightmost) ones need the most.
+    x_range = [math.log10(min(xs)) - 0.4, math.log10(max(xs)) + 0.7] if xs else None
     y_range = [min(ys) - 1.5, max(ys) + 1.5] if ys else None
     fig.update_xaxes(title="frames per second (log)", type="log", range=x_range)
     fig.update_yaxes(title=f"{ACCURACY_METRIC} (DAVIS-style, %)", range=y_range)
@@ -1364,8 +1365,12 @@ def command_bench(args) -> int:
         specs = parse_methods(args.methods, args.opt)
         resolutions = parse_resolutions(args.resolutions)
         from vos import device as vdevice
+        from vos.runner import check_weights_spec
 
-        device = str(vdevice.pick_device(args.device))
+        weights = check_weights_spec(args.weights)  # a missing path fails now, not once per point
+        torch_device = vdevice.pick_device(args.device)
+        vdevice.pick_dtype(args.dtype, torch_device)  # fp16 on the CPU fails here, not in every point
+        device = str(torch_device)
         out = Path(args.out) if args.out else Path(f"bench-{hardware_slug(hardware(device))}.json")
         results = run_sweep(
             specs,
@@ -1374,7 +1379,7 @@ def command_bench(args) -> int:
             repeats=args.repeats,
             device=device,
             dtype=args.dtype,
-            weights=args.weights,
+            weights=weights,
             timeout=args.timeout,
             memory_cap_mib=getattr(args, "memory_cap", None),
             out=out,
