@@ -1057,7 +1057,7 @@ CSS = """
 .vos-error { white-space: pre-wrap; word-break: break-word; font-size: 0.8rem; margin-top: 4px; max-height: 9em;
   overflow: auto; }
 .vos-hint { margin-top: 6px; }
-.vos-hint code, .vos-error code { word-break: break-all; }
+.vos-hint code, .vos-error code { word-break: normal; overflow-wrap: anywhere; }  /* at spaces first */
 .vos-results-legend { font-size: 0.9rem; padding: 2px 0 6px; }
 .vos-empty { min-height: 84px; }  /* room for the queue position and progress bar shown over it during a run */
 .vos-empty p { color: var(--body-text-color-subdued); font-style: italic; }
