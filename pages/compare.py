@@ -108,11 +108,23 @@ def device_choices() -> list[tuple[str, str]]:
 
 def variant_choices(info: MethodInfo) -> list[tuple[str, str]]:
     """(label, variant): a variant whose weights are not on this machine says so (it will report it when run)."""
-    choices = []
-    for variant in info.variants:
-        state = weights_state(info, variant)
-        choices.append((variant if state.available in (True, None) else f"{variant} (weights missing)", variant))
-    return choices
+    return [
+        (variant if _weights_here(info, variant) else f"{variant} (weights missing)", variant)
+        for variant in info.variants
+    ]
+
+
+def initial_variant(info: MethodInfo) -> str:
+    """The variant ticked when the page opens: the method's default when its weights are here (or cannot be told),
+    else the first variant that can run here, so that a machine without weights runs something real (mixture's
+    rgb) instead of one "weights missing" tile per method. A Space preloads the weights: there it is the default."""
+    if _weights_here(info, info.default_variant):
+        return info.default_variant
+    return next((v for v in info.variants if _weights_here(info, v)), info.default_variant)
+
+
+def _weights_here(info: MethodInfo, variant: str) -> bool:
+    return weights_state(info, variant).available in (True, None)
 
 
 def option_component(info: MethodInfo, opt: Option) -> gr.components.Component:
@@ -418,7 +430,7 @@ class ComparePage:
                         )
                         variant = gr.Radio(
                             choices=variant_choices(info),
-                            value=info.default_variant,
+                            value=initial_variant(info),
                             label="Variant",
                             show_label=False,
                             container=False,
@@ -1027,6 +1039,7 @@ CSS = """
 .vos-buttons button { flex: 1 1 40% !important; min-width: 110px !important; }
 .vos-methods { display: grid !important; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 10px; }
 .vos-method { padding: 2px 8px 8px !important; border: 1px solid var(--border-color-primary) !important;
+  background: var(--block-background-fill) !important;
   border-radius: 10px !important; }
 /* Gradio wraps a row's consecutive inputs in one .form box: the grid goes on it. */
 .vos-options > .form { display: grid !important; flex: 1 1 100% !important; width: 100%;

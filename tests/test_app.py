@@ -390,6 +390,18 @@ def test_run_refuses_an_empty_prompt_and_no_methods(tiny):
         page.on_new_object(None)
 
 
+def test_the_page_opens_on_a_variant_that_can_run_here(monkeypatch):
+    from pages import WeightsState, compare
+    from vos.methods import get_info
+
+    mixture, tvos = get_info("mixture"), get_info("tvos")
+    # The test's Hugging Face home is empty: no checkpoint is here.
+    assert compare.initial_variant(mixture) == "rgb"  # runs with no weights at all
+    assert compare.initial_variant(tvos) == tvos.default_variant  # nothing runs without weights: keep the default
+    monkeypatch.setattr(compare, "weights_state", lambda info, variant: WeightsState(needed=True, available=True))
+    assert compare.initial_variant(mixture) == mixture.default_variant == "xcit"
+
+
 def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path):
     from pages import compare
 
