@@ -16,7 +16,8 @@ from vos.methods import SEMI, UNSUP, Method, MethodInfo, Option, Paper, register
 PAPER = Paper(title="A test double", authors="vos-compare tests", venue="tests", year=2026, url="https://example.org")
 
 
-def _info(key: str, task: str = SEMI, **kwargs) -> MethodInfo:
+def fake_info(key: str, task: str = SEMI, **kwargs) -> MethodInfo:
+    """A test-only method's MethodInfo: defaults for everything but the key; ``kwargs`` override them."""
     defaults = dict(
         key=key,
         title=key.replace("_", " ").title(),
@@ -36,7 +37,7 @@ def _info(key: str, task: str = SEMI, **kwargs) -> MethodInfo:
 class CopyFirstMask(Method):
     """Repeats the first mask, shifted right by ``shift`` pixels per frame; ``delay`` seconds per frame."""
 
-    info = _info(
+    info = fake_info(
         "fake_copy",
         options=(
             Option("shift", int, 0, "pixels to move the mask right per frame"),
@@ -61,7 +62,7 @@ class CopyFirstMask(Method):
 class FailsAtFrame(Method):
     """Raises a plain bug-like error at frame ``at``."""
 
-    info = _info("fake_fail", options=(Option("at", int, 1, "frame index that fails"),))
+    info = fake_info("fake_fail", options=(Option("at", int, 1, "frame index that fails"),))
 
     def _build(self) -> None:
         pass
@@ -77,7 +78,7 @@ class FailsAtFrame(Method):
 class RunsOutOfMemory(Method):
     """Raises torch.OutOfMemoryError on the second frame, as a GPU would."""
 
-    info = _info("fake_oom")
+    info = fake_info("fake_oom")
 
     def _build(self) -> None:
         pass
@@ -91,7 +92,7 @@ class RunsOutOfMemory(Method):
 class Allocates(Method):
     """Holds ``mib`` MiB of host memory while it runs, so peak-memory probes have something to see."""
 
-    info = _info("fake_alloc", options=(Option("mib", int, 200, "MiB to allocate"),))
+    info = fake_info("fake_alloc", options=(Option("mib", int, 200, "MiB to allocate"),))
 
     def _build(self) -> None:
         pass
@@ -107,7 +108,7 @@ class Allocates(Method):
 class ShuffledSegments(Method):
     """Unsupervised double: returns the first mask's objects under other ids, plus one extra corner segment."""
 
-    info = _info("fake_unsup", task=UNSUP)
+    info = fake_info("fake_unsup", task=UNSUP)
 
     def _build(self) -> None:
         pass

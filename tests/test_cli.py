@@ -13,7 +13,7 @@ import pytest
 import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
 from vos.__main__ import main
-from vos.methods import Method, MethodInfo, Option, register, unregister
+from vos.methods import Method, Option, register, unregister
 from vos.synthetic import moving_shapes
 from vos.video import write_mp4
 
@@ -162,16 +162,10 @@ def test_help_lists_every_subcommand():
 class _Ranged(Method):
     """A method with bounded options, for range checks from the command line."""
 
-    info = MethodInfo(
-        key="fake_ranged",
+    info = tests.fakes.fake_info(
+        "fake_ranged",
         title="Ranged",
-        task="semi",
-        summary="Test-only method.",
         variants=("default",),
-        default_variant="default",
-        paper=tests.fakes.PAPER,
-        repo="https://example.org/repo",
-        licence="MIT",
         options=(
             Option("window", int, 44, "how far back", minimum=9),
             Option("ratio", float, 0.5, "a share", minimum=0, maximum=1),

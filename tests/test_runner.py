@@ -13,7 +13,7 @@ import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
 from vos import runner
 from vos.device import DtypeUnavailable
-from vos.methods import Method, MethodInfo, Option, OptionError, UnknownMethod, register, unregister
+from vos.methods import Method, Option, OptionError, UnknownMethod, register, unregister
 from vos.runner import MethodSpec, RunEvents, SegmentMatcher, parse_method_specs, run_methods
 from vos.synthetic import moving_shapes
 from vos.video import Clip
@@ -150,16 +150,9 @@ def test_fetch_hint_only_when_fetching_would_help(weights, fetchable, hint):
 class _WrongOutput(Method):
     """Yields label maps that are wrong in the way ``kind`` says."""
 
-    info = MethodInfo(
-        key="fake_wrong_output",
-        title="Wrong Output",
-        task="semi",
-        summary="Test-only method.",
+    info = tests.fakes.fake_info(
+        "fake_wrong_output",
         variants=("default",),
-        default_variant="default",
-        paper=tests.fakes.PAPER,
-        repo="https://example.org/repo",
-        licence="MIT",
         options=(Option("kind", str, "size", "what is wrong", choices=("size", "dtype", "none")),),
     )
 

@@ -19,17 +19,7 @@ from vos.weights import sha256_file
 
 
 def _info(key: str) -> MethodInfo:
-    return MethodInfo(
-        key=key,
-        title=key,
-        task="semi",
-        summary="Test-only method.",
-        variants=("default",),
-        default_variant="default",
-        paper=tests.fakes.PAPER,
-        repo="https://example.org/repo",
-        licence="MIT",
-    )
+    return tests.fakes.fake_info(key, title=key, variants=("default",))
 
 
 class _LocalWeights(Method):
