@@ -885,3 +885,28 @@ def test_preload_from_hub_front_matter(env):
         "  - me/weights tvos/davis_train.safetensors",
         "  - timm/vit_small_patch8_224.dino model.safetensors",
     ]
+
+
+def test_an_unreachable_hub_is_not_asked_again_for_a_while(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online, but the Hub does not answer
+    asked_online = []
+
+    def unreachable(repo, filename, *, local_files_only, **kwargs):
+        asked_online.append(not local_files_only)
+        raise LocalEntryNotFoundError("cannot connect")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(weights, "_hub_unreachable_at", None)
+    with pytest.raises(weights._HubMiss, match="cannot reach the Hub"):
+        weights.hub_download("owner/repo", "a.safetensors")
+    # The next file is looked up in the local cache only: no second round of retries.
+    with pytest.raises(weights._HubMiss, match=r"the Hub did not answer \d+ s ago"):
+        weights.hub_download("owner/repo", "b.safetensors")
+    assert asked_online == [True, False]
+    monkeypatch.setattr(weights, "HUB_RETRY_AFTER_S", 0.0)  # the wait is over: ask the Hub again
+    with pytest.raises(weights._HubMiss, match="cannot reach the Hub"):
+        weights.hub_download("owner/repo", "c.safetensors")
+    assert asked_online == [True, False, True]

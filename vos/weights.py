@@ -34,6 +34,7 @@ import pickle
 import re
 import struct
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -779,23 +780,44 @@ class _HubMiss(Exception):
         super().__init__(reason)
 
 
+# huggingface_hub retries an unreachable Hub with back-off (about 25 s a file): once it has not answered, files are
+# looked up in the local cache only for a while, so a machine without network says "weights missing" at once.
+HUB_RETRY_AFTER_S = 300.0
+_hub_unreachable_at: float | None = None
+
+
 def hub_download(repo: str, filename: str, revision: str | None = None) -> Path:
     """hf_hub_download with the environment's cache, offline switch and token passed explicitly."""
+    global _hub_unreachable_at
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    since = None if _hub_unreachable_at is None else time.monotonic() - _hub_unreachable_at
+    recently_unreachable = since is not None and since < HUB_RETRY_AFTER_S
     try:
-        return Path(
-            hf_hub_download(
-                repo,
-                filename,
-                revision=revision,
-                cache_dir=hub_cache_dir(),
-                local_files_only=offline(),
-                token=hf_token(),
-            )
+        path = hf_hub_download(
+            repo,
+            filename,
+            revision=revision,
+            cache_dir=hub_cache_dir(),
+            local_files_only=offline() or recently_unreachable,
+            token=hf_token(),
         )
+    except LocalEntryNotFoundError as err:
+        if offline():
+            raise _HubMiss(_hub_reason(err)) from err
+        if recently_unreachable:
+            raise _HubMiss(
+                f"the Hub did not answer {since:.0f} s ago (tried again after {HUB_RETRY_AFTER_S:.0f} s) and the "
+                "file is not in the local Hub cache"
+            ) from err
+        _hub_unreachable_at = time.monotonic()
+        raise _HubMiss(_hub_reason(err)) from err
     except _hub_errors() as err:
         raise _HubMiss(_hub_reason(err)) from err
+    if not recently_unreachable:
+        _hub_unreachable_at = None  # it answered (or the file was cached on a check that reached it)
+    return Path(path)
 
 
 def resolve_file(
