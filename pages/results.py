@@ -342,15 +342,13 @@ def table_rows(view: RunView) -> tuple[list[str], list[list[object]]]:
     headers = TABLE_HEADERS if view.has_scores else TABLE_HEADERS[:-1]
     rows = []
     for r in view.records:
-        # A method that never got its weights did no work: the process's memory then is the app's, not the method's.
-        peak = None if r.peak_memory_mib is None or r.status == runner.NO_WEIGHTS else round(r.peak_memory_mib)
         row: list[object] = [
             r.title,
             r.variant,
             "unsupervised" if r.task == UNSUP else "semi-supervised",
             STATUS_LABELS.get(r.status, r.status),
             None if r.fps is None else round(r.fps, 2),
-            peak,
+            None if r.peak_memory_mib is None else round(r.peak_memory_mib),
             None if r.load_s is None else round(r.load_s, 2),
         ]
         if view.has_scores:

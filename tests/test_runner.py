@@ -171,11 +171,44 @@ class _WrongOutput(Method):
                 yield first_mask
 
 
+class _NoWeights(Method):
+    """Cannot find its weights, as a method whose checkpoint is not here."""
+
+    info = tests.fakes.fake_info("fake_no_weights", variants=("default",))
+
+    def _build(self) -> None:
+        raise _unavailable(fetchable=True)
+
+    def _segment(self, clip, first_mask, progress):
+        raise AssertionError("never reached")
+
+
 @pytest.fixture
 def wrong_output():
     register(_WrongOutput)
+    register(_NoWeights)
     yield
     unregister("fake_wrong_output")
+    unregister("fake_no_weights")
+
+
+def test_a_method_without_weights_gets_no_peak_memory(tmp_path, shapes, wrong_output):
+    clip, masks = shapes
+    specs = [MethodSpec("fake_no_weights"), MethodSpec("fake_copy")]
+    missing, ran = run_methods(clip, masks[0], specs, tmp_path, device="cpu", write_video=False).records
+    # It did no work: what the process held meanwhile is not the method's memory.
+    assert missing.status == runner.NO_WEIGHTS and missing.peak_memory_mib is None and missing.memory_kind is None
+    assert ran.status == runner.OK and ran.peak_memory_mib is not None
+
+
+def test_the_python_api_checks_label_maps_too(shapes, wrong_output):
+    from vos import methods
+
+    clip, masks = shapes
+    frames = methods.create("fake_wrong_output", device="cpu", weights="random").segment(clip, masks[0])
+    assert next(frames).shape == clip.size
+    with pytest.raises(methods.MethodOutputError, match="for frame 1"):
+        next(frames)
 
 
 @pytest.mark.parametrize(

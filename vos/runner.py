@@ -64,10 +64,6 @@ class RunError(VosError, ValueError):
     """A run that cannot start (bad output folder, bad --from file...)."""
 
 
-class MethodOutputError(VosError, ValueError):
-    """A method yielded something that is not a label map of the clip's size (a bug in that method)."""
-
-
 # --------------------------------------------------------------------------------------------------------------
 # What to run
 
@@ -389,7 +385,7 @@ def _explain(err: BaseException, record: MethodRecord) -> None:
                 f"Check --weights {spec}: it must point at this method's weights (a file, a folder of them, or an "
                 "hf:// repo that holds them)."
             )
-    elif isinstance(err, MethodOutputError):
+    elif isinstance(err, mbase.MethodOutputError):
         record.status = FAILED
         record.error = str(err)
         record.hint = "This is a bug in the method; please report it with the clip's size."
@@ -503,7 +499,8 @@ def _run_one(
         _explain(err, record)
     finally:
         bar.close()
-        if memory is not None:
+        # A method that never got its weights did no work: the process's memory then is not the method's.
+        if memory is not None and record.status != NO_WEIGHTS:
             record.memory_kind = memory.kind
             record.peak_memory_mib = round(memory.peak_mib, 1)
             if memory.reserved_bytes is not None:
@@ -568,7 +565,6 @@ def _segment_into(
                 break
             if index == 0:
                 record.first_frame_s = compute
-            check_label_map(label_map, clip.size, record.title, index)
             if matcher is not None:
                 label_map = matcher(label_map, index)
             vmasks.write_palette_png(label_map, out / MASK_NAME.format(index))
@@ -586,22 +582,6 @@ def _segment_into(
     if record.frames_done != clip.num_frames:
         raise VosError(f"{record.title} returned {record.frames_done} of {clip.num_frames} frames.")
     record.fps = record.frames_done / record.segment_s if record.segment_s > 0 else None
-
-
-def check_label_map(label_map: Any, size: tuple[int, int], title: str, index: int) -> None:
-    """A method's output must be a uint8 (H, W) label map at the clip's size. Anything else is a bug in that
-    method, and would be written as wrong masks: the PNG writer takes any 2-D integer map and cannot know the
-    clip's size."""
-    if isinstance(label_map, np.ndarray) and label_map.dtype == np.uint8 and label_map.shape == tuple(size):
-        return
-    if isinstance(label_map, np.ndarray):
-        what = f"a {label_map.dtype} array of shape {label_map.shape}"
-    else:
-        what = f"a {type(label_map).__name__}"
-    raise MethodOutputError(
-        f"{title} returned {what} for frame {index}; a label map is a uint8 array of shape {tuple(size)} "
-        "(the clip's size). Its masks were not kept."
-    )
 
 
 def score_against(masks_dir: Path, ground_truth: dict[int, np.ndarray], task: str) -> dict[str, float]:

@@ -57,6 +57,10 @@ class OptionError(VosError, ValueError):
     """An unknown option name, an unknown variant, or a value that does not parse; lists what is valid."""
 
 
+class MethodOutputError(VosError, ValueError):
+    """A method yielded something that is not a label map of the clip's size (a bug in that method)."""
+
+
 class PromptError(VosError, ValueError):
     """The first-frame label map does not fit the clip (shape, dtype, empty)."""
 
@@ -309,7 +313,13 @@ class Method(ABC):
         their own segment ids (the runner matches them to the prompted objects).
         """
         first_mask = check_first_mask(first_mask, clip.size) if self.info.task == SEMI else first_mask
-        yield from self._segment(clip, first_mask, progress)
+        frames = self._segment(clip, first_mask, progress)
+        try:
+            for index, label_map in enumerate(frames):
+                check_label_map(label_map, clip.size, self.info.title, index)
+                yield label_map
+        finally:
+            frames.close()  # the method's per-clip state goes now, also when the caller stops early
 
     def config(self) -> dict[str, Any]:
         """What ran: enough to rebuild this method (run.json provenance)."""
@@ -345,6 +355,22 @@ def check_first_mask(first_mask: np.ndarray, size: tuple[int, int]) -> np.ndarra
     if not mask.any():
         raise PromptError("The first-frame mask is empty: mark at least one object.")
     return mask.astype(np.uint8)
+
+
+def check_label_map(label_map: Any, size: tuple[int, int], title: str, index: int) -> None:
+    """A method's output must be a uint8 (H, W) label map at the clip's size. Anything else is a bug in that
+    method, and would be written as wrong masks: the PNG writer takes any 2-D integer map and cannot know the
+    clip's size."""
+    if isinstance(label_map, np.ndarray) and label_map.dtype == np.uint8 and label_map.shape == tuple(size):
+        return
+    if isinstance(label_map, np.ndarray):
+        what = f"a {label_map.dtype} array of shape {label_map.shape}"
+    else:
+        what = f"a {type(label_map).__name__}"
+    raise MethodOutputError(
+        f"{title} returned {what} for frame {index}; a label map is a uint8 array of shape {tuple(size)} "
+        "(the clip's size). Its masks were not kept."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
