@@ -106,25 +106,25 @@ def device_choices() -> list[tuple[str, str]]:
 # Plain helpers the callbacks use (no components)
 
 
-def variant_choices(info: MethodInfo) -> list[tuple[str, str]]:
+def variant_choices(info: MethodInfo, here: dict[str, bool] | None = None) -> list[tuple[str, str]]:
     """(label, variant): a variant whose weights are not on this machine says so (it will report it when run)."""
-    return [
-        (variant if _weights_here(info, variant) else f"{variant} (weights missing)", variant)
-        for variant in info.variants
-    ]
+    here = here or weights_here(info)
+    return [(variant if here[variant] else f"{variant} (weights missing)", variant) for variant in info.variants]
 
 
-def initial_variant(info: MethodInfo) -> str:
+def initial_variant(info: MethodInfo, here: dict[str, bool] | None = None) -> str:
     """The variant ticked when the page opens: the method's default when its weights are here (or cannot be told),
     else the first variant that can run here, so that a machine without weights runs something real (mixture's
     rgb) instead of one "weights missing" tile per method. A Space preloads the weights: there it is the default."""
-    if _weights_here(info, info.default_variant):
+    here = here or weights_here(info)
+    if here[info.default_variant]:
         return info.default_variant
-    return next((v for v in info.variants if _weights_here(info, v)), info.default_variant)
+    return next((v for v in info.variants if here[v]), info.default_variant)
 
 
-def _weights_here(info: MethodInfo, variant: str) -> bool:
-    return weights_state(info, variant).available in (True, None)
+def weights_here(info: MethodInfo) -> dict[str, bool]:
+    """Per variant: are its weights on this machine (or is that unknown)? Looked up once per page build."""
+    return {variant: weights_state(info, variant).available in (True, None) for variant in info.variants}
 
 
 def option_component(info: MethodInfo, opt: Option) -> gr.components.Component:
@@ -167,32 +167,40 @@ def method_weights(info: MethodInfo, typed: str | None, uploads: list[str] | str
     """One method's weights spec from its advanced panel: uploaded checkpoint files win over the typed spec.
 
     One file is used where it is; several are gathered into one folder (under their own names, which is how a
-    multi-network method tells its files apart). None means "the run's default" (the Weights radio).
+    multi-network method tells its files apart). None means "the run's default" (the Weights radio). A typed spec is
+    checked as the command line checks ``--weights``, so a typo fails here and not in the method's tile.
     """
     files = [uploads] if isinstance(uploads, str) else list(uploads or [])
     if len(files) == 1:
         return files[0]
     if files:
-        target = folder / "weights" / f"{info.key}-{uuid.uuid4().hex[:8]}"
-        target.mkdir(parents=True)
-        for path in files:
-            shutil.copyfile(path, target / Path(path).name)
-        return str(target)
-    return (typed or "").strip() or None
+        return str(_gather(files, folder / "weights", info.key))
+    typed = (typed or "").strip()
+    return runner.check_weights_spec(typed, shown=f"Checkpoint {typed} for {info.title}") if typed else None
 
 
 def gather_ground_truth(files: list[str] | str | None, folder: Path) -> str | None:
-    """A zip, or PNG files copied into one folder: what ``runner.read_ground_truth`` reads."""
+    """A zip, or PNG files gathered into one folder: what ``runner.read_ground_truth`` reads."""
     if not files:
         return None
     files = [files] if isinstance(files, str) else list(files)
     if len(files) == 1 and files[0].lower().endswith(".zip"):
         return files[0]
-    target = folder / "ground_truth" / uuid.uuid4().hex[:8]
+    return str(_gather(files, folder / "ground_truth", "gt"))
+
+
+def _gather(files: list[str], parent: Path, prefix: str) -> Path:
+    """Uploaded files under their own names in a new folder: hard links where the file system allows (a
+    checkpoint can be hundreds of MB), copies elsewhere."""
+    target = parent / f"{prefix}-{uuid.uuid4().hex[:8]}"
     target.mkdir(parents=True)
     for path in files:
-        shutil.copyfile(path, target / Path(path).name)
-    return str(target)
+        dest = target / Path(path).name
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copyfile(path, dest)
+    return target
 
 
 def tile_title_html(title: str, subtitle: str = "") -> str:
@@ -428,9 +436,10 @@ class ComparePage:
                             key=f"use-{info.key}",
                             elem_id=f"vos-use-{info.key}",
                         )
+                        here = weights_here(info)
                         variant = gr.Radio(
-                            choices=variant_choices(info),
-                            value=initial_variant(info),
+                            choices=variant_choices(info, here),
+                            value=initial_variant(info, here),
                             label="Variant",
                             show_label=False,
                             container=False,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -414,6 +415,10 @@ def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path):
     folder = Path(compare.method_weights(info, "", [str(one), str(two)], tmp_path))
     # Several files keep their names in one folder: that is how a multi-network method tells them apart.
     assert folder.parent == tmp_path / "weights" and sorted(p.name for p in folder.iterdir()) == [one.name, two.name]
+    # A typed spec is checked as --weights is: a typo fails before the run, naming the method.
+    with pytest.raises(gr.Error, match=re.escape(f"Checkpoint hug for {info.title}: no such file or folder")):
+        compare.user_errors(compare.method_weights)(info, "hug", None, tmp_path)
+    assert compare.method_weights(info, str(one), None, tmp_path) == str(one.absolute())
 
 
 def test_user_errors_become_gradio_errors(tmp_path):
