@@ -842,14 +842,13 @@ def _plan_from_run(args) -> _Plan:
         spec.weights = None  # so that the ones --weights KEY=SPEC sets show afterwards
     default_weights = apply_overrides(specs, variants=args.variant, options=args.opt, weights=args.weights)
     for spec, record in zip(specs, previous["methods"]):
-        if spec.weights is None and default_weights is None:
-            spec.weights = recorded_weights[spec.key]
+        if spec.weights is None and default_weights is None and recorded_weights[spec.key] is not None:
+            # Overrides were checked by apply_overrides; what the run recorded is checked here, once.
+            recorded = recorded_weights[spec.key]
+            spec.weights = check_weights_spec(recorded, shown=f"{spec.key}'s weights {recorded}")
             _verify_recorded_weights(record, args.from_run)
         elif spec.weights is None:
             spec.weights = default_weights
-    for spec in specs:
-        if spec.weights is not None:
-            check_weights_spec(spec.weights, shown=f"{spec.key}'s weights {spec.weights}")
     given = [
         f"{flag} {value}"
         for flag, value in (
@@ -903,9 +902,7 @@ def command_run(args) -> int:
     clip = open_clip(plan.clip, plan.limits, fps=plan.fps).with_max_side(plan.max_side)
     prompt = vmasks.read_palette_png(plan.prompt, size=clip.size)
     mbase.check_first_mask(prompt, clip.size)
-    ground_truth = read_ground_truth(plan.gt, clip) if plan.gt else None
-    for note in clip.notes:
-        log.info("%s", note)
+    ground_truth = read_ground_truth(plan.gt, clip) if plan.gt else None  # open_clip has logged the clip's notes
 
     created = _make_parents(out_dir)
     work = None

@@ -156,12 +156,15 @@ class _ImageListSource:
             raise VideoError(self.path, f"frame {name!r} is not a readable image ({_image_reason(err)}).") from None
 
     def check(self, count: int, size: tuple[int, int]) -> None:
-        """Read the first ``count`` frames' headers (no pixel decoding) so that an unreadable frame, or one of
-        another size than ``size`` (H, W), fails when the clip is opened and not halfway through a run.
+        """Check frames 1..count-1 (frame 0 is decoded already) without decoding their pixels, so that a damaged or
+        non-image frame, or one of another size than ``size`` (H, W), fails when the clip is opened and not halfway
+        through a run.
 
-        Zip members are read whole, which also checks their CRC; a PNG's chunks are checked by ``verify``."""
+        Each frame's bytes are read whole: for a zip member that checks its CRC (the usual way a zip is damaged),
+        and ``verify`` checks a PNG's chunk checksums. A JPEG whose pixel data is cut short passes the header
+        check; it still fails, naming the frame, when the run decodes it."""
         with self._archive() as archive:
-            for name in self.names[:count]:
+            for name in self.names[1:count]:
                 data = self._bytes(name, archive)
                 try:
                     with Image.open(io.BytesIO(data)) as image:
