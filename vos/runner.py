@@ -182,9 +182,10 @@ def check_weights_spec(spec: str, *, shown: str | None = None) -> str:
 
     text = str(spec).strip()
     shown = shown or f"--weights {text}"
-    if text == "random" or text.lower() == "hub":  # as weights loading reads them
+    kind = vweights.spec_kind(text) if text else vweights.LOCAL  # an empty spec is an error, not the default
+    if kind in (vweights.HUB, vweights.RANDOM):
         return text
-    if text.startswith("hf://"):
+    if kind == vweights.HF:
         try:
             repo, _, _ = vweights.parse_hf(text)  # the loader's own parser, so both agree on what is valid
             validate_repo_id(repo)
@@ -376,11 +377,12 @@ def _explain(err: BaseException, record: MethodRecord) -> None:
         record.status = NO_WEIGHTS
         record.error = str(err)
         spec = str((record.config or {}).get("weights") or "hub").strip()
+        from_manifest = vweights.spec_kind(spec) == vweights.HUB
         # `weights fetch` fills the cache from the manifest's sources: it helps only when the weights were to come
         # from there (hub) and the error says such a source exists; its message carries the command exactly then.
-        if spec.lower() == "hub" and err.fetchable:
+        if from_manifest and err.fetchable:
             record.hint = err.command
-        elif spec.lower() != "hub":
+        elif not from_manifest:
             record.hint = (
                 f"Check --weights {spec}: it must point at this method's weights (a file, a folder of them, or an "
                 "hf:// repo that holds them)."
@@ -757,17 +759,12 @@ def _spec_from_record(record: dict[str, Any]) -> MethodSpec:
     return MethodSpec(record["key"], record["variant"], dict(config.get("options", {})), config.get("weights"))
 
 
-def _is_local_spec(spec: str | None) -> bool:
-    text = str(spec or "hub").strip()
-    return not (text == "random" or text.lower() == "hub" or text.startswith("hf://"))
-
-
 def _verify_recorded_weights(record: dict[str, Any], run_json: str) -> None:
     """The weights files a local --weights spec pointed at must still be the bytes that run loaded."""
     from vos import weights as vweights
 
     config = record.get("config") or {}
-    if not _is_local_spec(config.get("weights")):
+    if vweights.spec_kind(config.get("weights")) != vweights.LOCAL:
         return  # hub and hf:// files are resolved (and checked against the manifest) again by loading
     for item in config.get("weights_records") or []:
         path, expected = (item.get("path"), item.get("sha256")) if isinstance(item, dict) else (None, None)

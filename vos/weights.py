@@ -1038,10 +1038,11 @@ def load_into(module: torch.nn.Module, method: str, variant: str, part: str, spe
     item = entry(file_id)
     target = _Target(item, module, method, variant, part, parts)
     text = str(spec).strip()
+    kind = spec_kind(text)
 
-    if text.lower() == "hub":
+    if kind == HUB:
         resolved, state = _from_hub_spec(target)
-    elif text.startswith("hf://"):
+    elif kind == HF:
         repo, revision, inner = parse_hf(text)
         if inner is None:
             resolved, state = _from_hub_spec(target, repo=repo)
@@ -1129,6 +1130,20 @@ def _from_hub_spec(target: _Target, repo: str | None = None) -> tuple[Resolved, 
         resolved.source = f"official:{where} ({resolved.path.name})"
         return resolved, state
     return resolved, read_checkpoint(resolved.path)
+
+
+HUB, RANDOM, HF, LOCAL = "hub", "random", "hf", "local"
+
+
+def spec_kind(spec: str | None) -> str:
+    """What a weights spec names: HUB (the manifest's files; also when None), RANDOM (no weights), HF (an
+    hf://OWNER/REPO[/FILE] address) or LOCAL (a file or folder). The one reading every caller shares."""
+    text = str(spec or HUB).strip()
+    if text.lower() == HUB:
+        return HUB
+    if text == RANDOM:
+        return RANDOM
+    return HF if text.startswith("hf://") else LOCAL
 
 
 def parse_hf(spec: str) -> tuple[str, str | None, str | None]:

@@ -295,11 +295,11 @@ class Method(ABC):
 
         ``weights="random"`` leaves the module's initialisation as it is.
         """
-        if self.weights == "random":
-            self.weights_records.append({"part": part, "source": "random"})
-            return
         from vos import weights as vweights
 
+        if vweights.spec_kind(self.weights) == vweights.RANDOM:
+            self.weights_records.append({"part": part, "source": "random"})
+            return
         record = vweights.load_into(module, self.info.key, self.variant, part, self.weights)
         self.weights_records.append(record)
 
