@@ -82,20 +82,13 @@ def details_html(results: dict[str, Any]) -> str:
     return f'<div class="vos-bench-details">{body}</div>'
 
 
-def _number(value: Any) -> Any:
-    if not isinstance(value, float):
-        return value
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
 def table_value(results: dict[str, Any]) -> Any:
-    """The points as a table: numbers to three significant figures, columns that are empty everywhere left out."""
+    """The points as a table: numbers rounded as ``bench.rounded`` does (still numbers, so columns sort), columns that
+    are empty everywhere left out."""
     import pandas as pd
 
-    rows = [{k: _number(v) for k, v in row.items()} for row in bench.summary_rows(results)]
-    frame = pd.DataFrame(rows)
-    empty = [c for c in frame.columns if frame[c].isna().all() or (frame[c].astype(str) == "").all()]
-    return frame.drop(columns=empty)
+    frame = pd.DataFrame([{k: bench.rounded(v) for k, v in row.items()} for row in bench.summary_rows(results)])
+    return frame.replace("", None).dropna(axis=1, how="all")
 
 
 def render(path: str | None, log_scale: bool) -> tuple[Any, Any, Any, Any, str]:

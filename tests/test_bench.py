@@ -261,6 +261,16 @@ def test_cli_refuses_bad_weights_and_dtype_before_measuring(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_tables_round_numbers_but_keep_them_numbers():
+    assert bench.rounded(1365.14) == 1365 and bench.rounded(0.074123) == 0.0741 and bench.rounded(12.84) == 12.8
+    assert bench.rounded(None) is None and bench.rounded("ok") == "ok" and bench.rounded(3) == 3
+    from pages import benchmark
+
+    table = benchmark.table_value(_results(SWEEP))
+    assert table["peak MiB"].dtype.kind in "if" and table["fps"].dtype.kind in "if"  # sortable as numbers
+    assert "reason" in table and "reason" not in benchmark.table_value(_results(SWEEP[:2]))  # empty in every row
+
+
 def test_stored_results_are_valid_and_chart():
     stored = bench.stored_results()
     assert stored, "assets/bench/ holds at least one measured sweep"

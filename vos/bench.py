@@ -918,6 +918,14 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def rounded(value: Any) -> Any:
+    """A measured number as the tables show it: whole units from 100 up, else three significant figures; still a
+    number, so a table sorts it as one. Anything else unchanged."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return value
+    return round(value) if abs(value) >= 100 else float(f"{value:.3g}")
+
+
 def summary_table(results: dict[str, Any]) -> str:
     rows = summary_rows(results)
     if not rows:
@@ -928,7 +936,7 @@ def summary_table(results: dict[str, Any]) -> str:
         if value is None:
             return "-"
         if isinstance(value, float):
-            return f"{value:,.1f}" if value >= 100 else f"{value:.3g}"
+            return f"{rounded(value):,}"
         return str(value)
 
     table = [columns] + [[cell(row[c]) for c in columns] for row in rows]
