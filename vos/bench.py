@@ -1108,8 +1108,9 @@ def memory_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
     capacity = _capacity_mib(results)
     if capacity and max(measured, default=0) >= capacity / 4:  # far above every point it would only flatten them
         _hline(fig, capacity, f"{'GPU memory' if cuda else 'RAM'} {capacity / 1024:,.0f} GiB", log_y=log_y)
-    kind = "GPU memory allocated (dotted: reserved)" if cuda else "peak resident set of the process"
-    fig.update_yaxes(title=f"peak memory, MiB ({kind})", type="log" if log_y else "linear")
+    # Short: the axis is only as tall as the chart on a phone; the subtitle and hover say the rest.
+    title = "peak GPU memory, MiB (dotted: reserved)" if cuda else "peak memory, MiB (process RSS)"
+    fig.update_yaxes(title=title, type="log" if log_y else "linear")
     _resolution_axis(fig, results)
     _layout(fig, _title("Peak memory vs resolution", results))
     return fig
