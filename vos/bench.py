@@ -1004,8 +1004,10 @@ def _layout(fig: go.Figure, title: str) -> None:
     fig.update_layout(
         title={"text": title, "x": 0.01, "xanchor": "left"},
         template="plotly_white",
-        legend={"title": "method · variant"},
-        margin={"l": 60, "r": 20, "t": 100, "b": 60},
+        # Below the plot, in a row: beside it, it takes half of a phone's width from the lines.
+        # At the foot of the figure (not of the plot, whose height varies), clear of the axis title.
+        legend={"title": "method · variant", "orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.01},
+        margin={"l": 60, "r": 20, "t": 100, "b": 150},
         hovermode="closest",
     )
 
@@ -1315,7 +1317,7 @@ def accuracy_speed_figure(
     fig.update_xaxes(title="frames per second (log)", type="log", range=x_range)
     fig.update_yaxes(title=f"{ACCURACY_METRIC} (DAVIS-style, %)", range=y_range)
     _layout(fig, _with_subtitle("Accuracy vs speed: papers (stars) and this machine (circles)", notes))
-    fig.update_layout(legend={"title": "method"}, showlegend=True, margin={"t": 120})
+    fig.update_layout(legend={"title": "method"}, showlegend=True, margin={"t": 120, "b": 150})
     return fig
 
 
