@@ -6,14 +6,28 @@ subprocess (the benchmark's points) see them too.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from vos.methods import SEMI, UNSUP, Method, MethodInfo, Option, Paper, register
+from vos.methods import SEMI, UNSUP, Method, MethodInfo, Option, Paper, register, unregister
 
 PAPER = Paper(title="A test double", authors="vos-compare tests", venue="tests", year=2026, url="https://example.org")
+
+
+@contextlib.contextmanager
+def registered(*classes: type[Method]) -> Iterator[None]:
+    """Register test-only method classes for the duration of a ``with`` block (a fixture's body)."""
+    for cls in classes:
+        register(cls)
+    try:
+        yield
+    finally:
+        for cls in classes:
+            unregister(cls.info.key)
 
 
 def fake_info(key: str, task: str = SEMI, **kwargs) -> MethodInfo:

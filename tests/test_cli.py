@@ -13,7 +13,7 @@ import pytest
 import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
 from vos.__main__ import main
-from vos.methods import Method, Option, register, unregister
+from vos.methods import Method, Option
 from vos.synthetic import moving_shapes
 from vos.video import write_mp4
 
@@ -182,9 +182,8 @@ class _Ranged(Method):
 
 @pytest.fixture
 def ranged():
-    register(_Ranged)
-    yield
-    unregister("fake_ranged")
+    with tests.fakes.registered(_Ranged):
+        yield
 
 
 @pytest.mark.parametrize(

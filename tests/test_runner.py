@@ -13,7 +13,7 @@ import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
 from vos import runner
 from vos.device import DtypeUnavailable
-from vos.methods import Method, Option, OptionError, UnknownMethod, register, unregister
+from vos.methods import Method, Option, OptionError, UnknownMethod
 from vos.runner import MethodSpec, RunEvents, SegmentMatcher, parse_method_specs, run_methods
 from vos.synthetic import moving_shapes
 from vos.video import Clip
@@ -185,11 +185,8 @@ class _NoWeights(Method):
 
 @pytest.fixture
 def wrong_output():
-    register(_WrongOutput)
-    register(_NoWeights)
-    yield
-    unregister("fake_wrong_output")
-    unregister("fake_no_weights")
+    with tests.fakes.registered(_WrongOutput, _NoWeights):
+        yield
 
 
 def test_a_method_without_weights_gets_no_peak_memory(tmp_path, shapes, wrong_output):

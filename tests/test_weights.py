@@ -20,9 +20,10 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
+from tests.fakes import registered
 from vos import weights
 from vos.__main__ import main
-from vos.methods import SEMI, Method, MethodInfo, Paper, available, register, unregister
+from vos.methods import SEMI, Method, MethodInfo, Paper, available
 
 # --------------------------------------------------------------------------------------------------------------
 # A test-only method with two small networks, stored by its "authors" in another key layout
@@ -167,9 +168,8 @@ def env(tmp_path, monkeypatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     for file_id, table in ENTRIES.items():
         monkeypatch.setitem(weights.EXTRA_ENTRIES, file_id, weights.Entry.from_table(file_id, table))
-    register(WeightsTestMethod)
-    yield tmp_path
-    unregister("wtest")
+    with registered(WeightsTestMethod):
+        yield tmp_path
 
 
 def reference(cls: type[nn.Module], seed: int) -> nn.Module:

@@ -11,7 +11,7 @@ import pytest
 import tests.fakes
 from vos import masks as vmasks
 from vos.__main__ import main
-from vos.methods import Method, MethodInfo, register, unregister
+from vos.methods import Method, MethodInfo
 from vos.synthetic import moving_shapes
 from vos.video import write_mp4
 from vos.weights import sha256_file
@@ -43,11 +43,8 @@ class _OtherLocalWeights(_LocalWeights):
 
 @pytest.fixture(autouse=True)
 def byo_methods():
-    register(_LocalWeights)
-    register(_OtherLocalWeights)
-    yield
-    unregister("fake_byo_a")
-    unregister("fake_byo_b")
+    with tests.fakes.registered(_LocalWeights, _OtherLocalWeights):
+        yield
 
 
 @pytest.fixture
