@@ -688,9 +688,8 @@ def _prepare_out_dir(out: str | None) -> Path:
             raise RunError(f"{path} already exists and is not an empty folder; choose another --out.")
     except OSError as err:
         raise RunError(f"--out {path}: cannot look inside it ({err.strerror or err}); choose another --out.") from None
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    missing = _missing_parents(path)
+    ancestor = missing[-1].parent if missing else path.parent
     if not ancestor.is_dir():
         raise RunError(f"--out {path}: {ancestor} is a file, not a folder; choose another --out.")
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -698,13 +697,19 @@ def _prepare_out_dir(out: str | None) -> Path:
     return path
 
 
-def _make_parents(path: Path) -> list[Path]:
-    """Create the missing folders above ``path``; return them, deepest first, so a failed run can remove them."""
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first."""
     missing = []
     parent = path.parent
-    while not parent.exists():
+    while not parent.exists() and parent != parent.parent:
         missing.append(parent)
         parent = parent.parent
+    return missing
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; return them, deepest first, so a failed run can remove them."""
+    missing = _missing_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return missing
 
