@@ -216,6 +216,8 @@ def test_symmetric_kl_forms_agree_and_survive_zeros():
     torch.testing.assert_close(pairwise.double(), _plain_symmetric_kl(p, p), rtol=1e-4, atol=1e-5)
     assert torch.equal(pairwise, pairwise.t())
     torch.testing.assert_close(pairwise, ba.symmetric_kl(p, p), rtol=1e-5, atol=1e-5)
+    index = torch.tensor([3, 0, 49])
+    torch.testing.assert_close(ba.symmetric_kl_rows(p)(index), pairwise[index], rtol=1e-5, atol=1e-5)
     # An exact zero (an underflowed softmax) gives a large finite distance, not NaN.
     zero = p.clone()
     zero[0, :5] = 0
@@ -260,11 +262,23 @@ def test_leader_pass_is_greedy_in_row_order_with_inclusive_threshold():
     # Distances 0-1 = 1.0 (= tau: joined), 1-2 = 1.0, 0-2 = 2.0: the leader 0 takes 1 but not 2; 2 leads its own.
     distance = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
     rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
-    centroids = ba.leader_clusters(rows, distance, 1.0)
+    centroids = ba.leader_clusters(rows, 1.0, distance.__getitem__)
     torch.testing.assert_close(centroids, torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
     # Starting from row 1 instead would take all three: the order decides.
     order = [1, 0, 2]
-    assert len(ba.leader_clusters(rows[order], distance[order][:, order], 1.0)) == 1
+    assert len(ba.leader_clusters(rows[order], 1.0, distance[order][:, order].__getitem__)) == 1
+
+
+def test_leader_pass_by_blocks_of_rows_equals_the_pass_over_the_whole_matrix():
+    generator = torch.Generator().manual_seed(4)
+    rows = torch.softmax(torch.randn(300, 50, generator=generator) * 2, dim=1)
+    distance = ba.pairwise_symmetric_kl(rows)
+    tau = float(distance.quantile(0.02))
+    blocks = ba.leader_clusters(rows, tau, ba.symmetric_kl_rows(rows))
+    whole = ba.leader_clusters(rows, tau, distance.__getitem__)
+    assert len(whole) > 2 * ba.LEADER_BLOCK // 3  # several blocks of candidates
+    assert blocks.shape == whole.shape
+    torch.testing.assert_close(blocks, whole)
 
 
 def test_merging_repeats_until_the_count_is_stable():
@@ -277,7 +291,7 @@ def test_merging_repeats_until_the_count_is_stable():
     distance = ba.pairwise_symmetric_kl(rows)
     tau = float(distance[0, 1]) * 1.05
     assert distance[0, 2] > tau  # the leader 0 does not take 0.33
-    once = ba.leader_clusters(rows, distance, tau)
+    once = ba.leader_clusters(rows, tau, distance.__getitem__)
     assert len(once) == 2
     torch.testing.assert_close(once[0], rows[:2].mean(dim=0))
     assert ba.pairwise_symmetric_kl(once)[0, 1] <= tau
@@ -393,7 +407,7 @@ def test_segment_equals_a_plain_dense_reference_of_the_spec(sharp_ba):
     for t, (ours, theirs) in enumerate(zip(outputs, expected)):
         assert np.array_equal(ours, theirs), (t, int((ours != theirs).sum()))
     segments = np.unique(np.stack(outputs))
-    assert 3 <= len(segments) and segments[0] == 1 and segments[-1] == len(segments)  # several, contiguous, no 0
+    assert len(segments) >= 3 and segments[0] == 1 and segments[-1] == len(segments)  # several, contiguous, no 0
     # The last frame is segmented on its own (not a copy of the one before, as the release's loader does).
     assert not np.array_equal(outputs[-1], outputs[-2])
     stages = [str(c).split(" ")[0] for c in calls]
@@ -468,4 +482,3 @@ def test_manifest_row_names_the_published_drive_file():
     assert (row.source.id, row.source.filename) == ("1UhSPueJGpV4di9SVlZDmz0KWkuigQApA", "checkpoint_dino-s-8.pth")
     assert row.converter == "vos.methods.ba:convert_official" and row.hub_file == "ba/dino_s8.safetensors"
     assert "ba" in row.used_by
-

@@ -100,6 +100,7 @@ WINDOW_FRAMES = 3  # query frames per first-level clustering window
 FEATURE_BATCH = 4  # frames per DINO pass
 ATTENTION_CHUNK = 2048  # query tokens whose logits (chunk x T'HW) are held at once
 ROW_CHUNK = 2048  # rows of a distance matrix finished (or smoothed) at once
+LEADER_BLOCK = 64  # distance rows computed at once for the next untaken tokens of a leader pass
 LOG_FLOOR = torch.finfo(torch.float32).tiny  # probabilities are clamped here before log()
 MAX_SEGMENTS = 255  # a uint8 label map's ids
 
@@ -340,37 +341,60 @@ def smooth_rows(rows: Tensor, distance: Tensor, tau: float) -> Tensor:
     return smoothed
 
 
-def leader_clusters(rows: Tensor, distance: Tensor, tau: float, check: Callable[[], None] | None = None) -> Tensor:
+def symmetric_kl_rows(p: Tensor) -> Callable[[Tensor], Tensor]:
+    """Rows of ``pairwise_symmetric_kl(p)`` on demand: ``rows(index)`` -> (len(index), n), both cross terms by their
+    own products as in the release. For a leader pass, which reads only its leaders' rows."""
+    log_p = log_probabilities(p)
+    entropy = torch.einsum("nc,nc->n", p, log_p)
+
+    def rows(index: Tensor) -> Tensor:
+        cross = -torch.mm(p[index], log_p.t()) - torch.mm(log_p[index], p.t())
+        return cross.sub_(-entropy[index, None] - entropy[None, :])
+
+    return rows
+
+
+def leader_clusters(
+    rows: Tensor, tau: float, distance_rows: Callable[[Tensor], Tensor], check: Callable[[], None] | None = None
+) -> Tensor:
     """Greedy leader clustering in row order: each row not yet taken takes every untaken row within ``tau`` of it
-    (itself included); the unweighted mean of those rows is a centroid. Returns (clusters, L) in leader order."""
+    (itself included); the unweighted mean of those rows is a centroid. ``distance_rows(index)`` gives the distance
+    matrix's rows for ``index``; they are asked for ``LEADER_BLOCK`` untaken rows at a time (rows taken by an
+    earlier leader of the block are computed for nothing). Returns (clusters, L) in leader order."""
     count = len(rows)
     untaken = torch.ones(count, dtype=torch.bool, device=rows.device)
-    untaken_here = np.ones(count, dtype=bool)  # the same, on the host: the loop's test costs no device sync
+    untaken_here = np.ones(count, dtype=bool)  # the same, on the host: the loop's tests cost no device sync
     centroids = []
-    for leader in range(count):
-        if not untaken_here[leader]:
-            continue
-        if check is not None:
-            check()
-        members = (distance[leader] <= tau) & untaken
-        members[leader] = True
-        centroids.append(rows[members].mean(dim=0))
-        untaken &= ~members
-        untaken_here &= ~members.cpu().numpy()
+    while untaken_here.any():
+        candidates = np.flatnonzero(untaken_here)[:LEADER_BLOCK]
+        block = distance_rows(torch.from_numpy(candidates).to(rows.device))
+        for leader, distance in zip(candidates.tolist(), block):
+            if not untaken_here[leader]:
+                continue
+            if check is not None:
+                check()
+            members = (distance <= tau) & untaken
+            members[leader] = True
+            centroids.append(rows[members].mean(dim=0))
+            untaken &= ~members
+            untaken_here &= ~members.cpu().numpy()
     return torch.stack(centroids)
 
 
 def cluster_window(rows: Tensor, tau: float, check: Callable[[], None] | None = None) -> Tensor:
     """The first hierarchy on one window's attention rows (N, L): smoothing, then the leader pass on the smoothed
-    rows. Returns the window's centroids (K, L)."""
+    rows. Returns the window's centroids (K, L). The caller should hold no other reference to ``rows``: they are
+    let go once smoothed."""
     smoothed = smooth_rows(rows, pairwise_symmetric_kl(rows), tau)
-    return leader_clusters(smoothed, pairwise_symmetric_kl(smoothed), tau, check)
+    del rows
+    return leader_clusters(smoothed, tau, symmetric_kl_rows(smoothed), check)
 
 
 def merge_centroids(centroids: Tensor, tau: float, check: Callable[[], None] | None = None) -> Tensor:
     """The later hierarchies: leader passes over all centroids until a pass leaves their number unchanged."""
     while True:
-        merged = leader_clusters(centroids, pairwise_symmetric_kl(centroids), tau, check)
+        distance = pairwise_symmetric_kl(centroids)
+        merged = leader_clusters(centroids, tau, distance.__getitem__, check)
         if len(merged) == len(centroids):
             return merged
         centroids = merged
@@ -461,10 +485,9 @@ class BetrayedByAttention(Method):
 
         centroids = []
         for index, window in enumerate(windows):
-            rows = self._window_rows(tokens, window, keys)
+            rows = [self._window_rows(tokens, window, keys)]  # popped below: cluster_window holds the only reference
             self.report("attention", index + 1, len(windows))
-            centroids.append(cluster_window(rows, tau, self.check_stop))
-            del rows
+            centroids.append(cluster_window(rows.pop(), tau, self.check_stop))
             self.report("clustering", index + 1, len(windows))
         final = merge_centroids(torch.cat(centroids), tau, self.check_stop)
         del centroids
