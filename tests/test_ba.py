@@ -207,7 +207,9 @@ def _plain_symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return ((p[:, None] - q[None]) * (p[:, None].log() - q[None].log())).sum(-1)
 
 
-def test_symmetric_kl_forms_agree_and_survive_zeros():
+@pytest.mark.parametrize("row_chunk", [7, ba.ROW_CHUNK])
+def test_symmetric_kl_forms_agree_and_survive_zeros(row_chunk, monkeypatch):
+    monkeypatch.setattr(ba, "ROW_CHUNK", row_chunk)  # 7: blocks of rows and columns, uneven at the end
     generator = torch.Generator().manual_seed(0)
     p = torch.softmax(torch.randn(50, 40, generator=generator) * 3, dim=1)
     q = torch.softmax(torch.randn(30, 40, generator=generator) * 3, dim=1)
@@ -394,7 +396,8 @@ def sharp_ba():
     return method
 
 
-def test_segment_equals_a_plain_dense_reference_of_the_spec(sharp_ba):
+def test_segment_equals_a_plain_dense_reference_of_the_spec(sharp_ba, monkeypatch):
+    monkeypatch.setattr(ba, "ROW_CHUNK", 100)  # windows of 288 tokens: distances and smoothing in uneven blocks
     # 7 frames: windows 0-2, 3-5 and a one-frame last window; key frames 0 and 3; frames not at the working size.
     data = moving_shapes(7, (72, 100), 3, seed=1, object_scale=0.25)
     frames = list(data.frames)
@@ -482,3 +485,37 @@ def test_manifest_row_names_the_published_drive_file():
     assert (row.source.id, row.source.filename) == ("1UhSPueJGpV4di9SVlZDmz0KWkuigQApA", "checkpoint_dino-s-8.pth")
     assert row.converter == "vos.methods.ba:convert_official" and row.hub_file == "ba/dino_s8.safetensors"
     assert "ba" in row.used_by
+
+
+def test_cli_matches_segments_to_the_prompt_and_scores_them_unsupervised(tmp_path):
+    import json
+
+    from vos import masks as vmasks
+    from vos.__main__ import main
+    from vos.video import write_mp4
+
+    synthetic = moving_shapes(6, (48, 64), num_objects=2)
+    clip = write_mp4(synthetic.frames, tmp_path / "inputs" / "shapes.mp4", fps=6)
+    prompt = vmasks.write_palette_png(synthetic.masks[0], tmp_path / "inputs" / "prompt.png")
+    gt = tmp_path / "inputs" / "gt"
+    for index, mask in enumerate(synthetic.masks):
+        vmasks.write_palette_png(mask, gt / f"{index:05d}.png")
+    out = tmp_path / "run"
+    torch.manual_seed(0)  # random weights; a tiny tau still splits their nearly uniform attention into segments
+    code = main(
+        [
+            "run", str(clip), "--prompt", str(prompt), "--methods", "ba", "--device", "cpu", "--weights", "random",
+            "--opt", "ba.size=48x64", "--opt", "ba.tau=0.001", "--gt", str(gt), "--no-video", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    (record,) = json.loads((out / "run.json").read_text())["methods"]
+    assert record["status"] == "ok" and record["config"]["options"] == {"size": [48, 64], "r": 10, "tau": 0.001}
+    assert record["extra_ids"] and min(record["extra_ids"]) == 3  # objects 1 and 2 come first
+    shown = set(record["segment_ids"].values())
+    assert set(record["extra_ids"]) <= shown and shown - set(record["extra_ids"]) <= {1, 2}
+    masks = [vmasks.read_palette_png(p) for p in sorted((out / "masks" / "ba").glob("*.png"))]
+    assert len(masks) == 6 and all(m.shape == (48, 64) for m in masks)
+    assert set(np.unique(np.stack(masks))) <= shown
+    assert 0 <= record["scores"]["J&F"] <= 1
+    assert main(["eval", "--pred", str(out / "masks" / "ba"), "--gt", str(gt), "--task", "unsup"]) == 0

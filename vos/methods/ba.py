@@ -305,38 +305,54 @@ def log_probabilities(p: Tensor) -> Tensor:
 
 def symmetric_kl(p: Tensor, q: Tensor) -> Tensor:
     """(n, m) symmetric KL divergences between the rows of p (n, L) and q (m, L), the release's way:
-    cross entropies both ways minus the two self terms, h_p + h_q - p.log(q) - q.log(p)."""
-    log_p, log_q = log_probabilities(p), log_probabilities(q)
-    self_entropy = -torch.einsum("nc,nc->n", p, log_p).unsqueeze(-1) - torch.einsum("mc,mc->m", q, log_q).unsqueeze(0)
-    cross = -torch.mm(p, log_q.t()) - torch.mm(log_p, q.t())
-    return cross.sub_(self_entropy)
+    cross entropies both ways minus the two self terms, h_p + h_q - p.log(q) - q.log(p). The logs of q are taken
+    ``ROW_CHUNK`` rows at a time (q is a window's attention rows: only p's logs are held whole)."""
+    log_p = log_probabilities(p)
+    entropy_p = torch.einsum("nc,nc->n", p, log_p)
+    distance = torch.empty(len(p), len(q), dtype=p.dtype, device=p.device)
+    for start in range(0, len(q), ROW_CHUNK):
+        stop = min(start + ROW_CHUNK, len(q))
+        part, log_part = q[start:stop], log_probabilities(q[start:stop])
+        self_entropy = -entropy_p.unsqueeze(-1) - torch.einsum("mc,mc->m", part, log_part).unsqueeze(0)
+        cross = -torch.mm(p, log_part.t()) - torch.mm(log_p, part.t())
+        distance[:, start:stop] = cross.sub_(self_entropy)
+    return distance
 
 
 def pairwise_symmetric_kl(p: Tensor) -> Tensor:
     """(n, n) symmetric KL divergences between the rows of p (n, L): ``symmetric_kl(p, p)`` from one product
-    X = p log(p)^T, whose transpose is the other cross term."""
-    log_p = log_probabilities(p)
-    entropy = torch.einsum("nc,nc->n", p, log_p)
-    cross_one_way = torch.mm(p, log_p.t())
-    del log_p
-    distance = torch.neg(cross_one_way).sub_(cross_one_way.t())
-    del cross_one_way
-    for start in range(0, len(distance), ROW_CHUNK):
-        stop = min(start + ROW_CHUNK, len(distance))
-        distance[start:stop].sub_(-entropy[start:stop, None] - entropy[None, :])
-    return distance
+    X = p log(p)^T, whose transpose is the other cross term. The logs are taken ``ROW_CHUNK`` rows at a time (one
+    block of columns of X each) and the distances are written over X, so the whole costs one (n, n) matrix beside
+    p."""
+    count = len(p)
+    entropy = torch.empty(count, dtype=p.dtype, device=p.device)
+    cross = torch.empty(count, count, dtype=p.dtype, device=p.device)  # X, then the distances in its place
+    blocks = [(start, min(start + ROW_CHUNK, count)) for start in range(0, count, ROW_CHUNK)]
+    for start, stop in blocks:
+        log_part = log_probabilities(p[start:stop])
+        entropy[start:stop] = torch.einsum("nc,nc->n", p[start:stop], log_part)
+        torch.mm(p, log_part.t(), out=cross[:, start:stop])
+    for i, (row_start, row_stop) in enumerate(blocks):
+        for col_start, col_stop in blocks[i:]:
+            upper = cross[row_start:row_stop, col_start:col_stop]
+            lower = cross[col_start:col_stop, row_start:row_stop]
+            both = torch.neg(upper).sub_(lower.t())  # -X - X^T on this block pair
+            both.sub_(-entropy[row_start:row_stop, None] - entropy[None, col_start:col_stop])
+            upper.copy_(both)
+            lower.copy_(both.t())
+    return cross
 
 
-def smooth_rows(rows: Tensor, distance: Tensor, tau: float) -> Tensor:
-    """Each row replaced by the sum of the rows within ``tau`` of it (itself included), divided by that sum's own
-    total: the release's neighbour smoothing (a mean, up to rounding)."""
+def smooth_rows(rows: Tensor, near: Tensor) -> Tensor:
+    """Each row replaced by the sum of the rows ``near`` it (a boolean (N, N) matrix; itself always included),
+    divided by that sum's own total: the release's neighbour smoothing (a mean, up to rounding)."""
     smoothed = torch.empty_like(rows)
     diagonal = torch.arange(len(rows), device=rows.device)
     for start in range(0, len(rows), ROW_CHUNK):
         stop = min(start + ROW_CHUNK, len(rows))
-        near = distance[start:stop] <= tau
-        near[diagonal[start:stop] - start, diagonal[start:stop]] = True
-        block = torch.mm(near.to(rows.dtype), rows)
+        block_near = near[start:stop].clone()
+        block_near[diagonal[start:stop] - start, diagonal[start:stop]] = True
+        block = torch.mm(block_near.to(rows.dtype), rows)
         smoothed[start:stop] = block.div_(block.sum(dim=1, keepdim=True))
     return smoothed
 
@@ -385,8 +401,9 @@ def cluster_window(rows: Tensor, tau: float, check: Callable[[], None] | None = 
     """The first hierarchy on one window's attention rows (N, L): smoothing, then the leader pass on the smoothed
     rows. Returns the window's centroids (K, L). The caller should hold no other reference to ``rows``: they are
     let go once smoothed."""
-    smoothed = smooth_rows(rows, pairwise_symmetric_kl(rows), tau)
-    del rows
+    near = pairwise_symmetric_kl(rows) <= tau  # (N, N) booleans: a quarter of the distances' memory
+    smoothed = smooth_rows(rows, near)
+    del rows, near
     return leader_clusters(smoothed, tau, symmetric_kl_rows(smoothed), check)
 
 
