@@ -79,6 +79,7 @@ def test_layout_has_the_release_key_split():
     assert part_layout("ba", "dino_s8", "model") == layout
 
 
+@pytest.mark.slow
 def test_official_file_loads_strictly_through_the_weights_layer(tmp_path):
     checkpoint = _official_checkpoint(seed=1)
     converted = ba.convert_official(checkpoint)
@@ -135,6 +136,7 @@ def test_dino_interpolation_equals_the_spec_formula_on_a_non_square_grid():
     assert not torch.allclose(by_size.flatten(2).transpose(1, 2), dino_pos_embed(pos_embed, (40, 60))[:, 1:])
 
 
+@pytest.mark.slow
 def test_frame_keys_equal_the_spec_feature():
     torch.manual_seed(0)
     net = ba.BetrayedByAttentionNet().eval()
@@ -396,6 +398,7 @@ def sharp_ba():
     return method
 
 
+@pytest.mark.slow
 def test_segment_equals_a_plain_dense_reference_of_the_spec(sharp_ba, monkeypatch):
     monkeypatch.setattr(ba, "ROW_CHUNK", 100)  # windows of 288 tokens: distances and smoothing in uneven blocks
     # 7 frames: windows 0-2, 3-5 and a one-frame last window; key frames 0 and 3; frames not at the working size.
@@ -418,6 +421,7 @@ def test_segment_equals_a_plain_dense_reference_of_the_spec(sharp_ba, monkeypatc
     assert {"clustering"} <= set(stages)
 
 
+@pytest.mark.slow
 def test_fewer_frames_than_the_key_interval(sharp_ba, monkeypatch):
     data = moving_shapes(4, (64, 96), 2, seed=2)
     monkeypatch.setitem(sharp_ba.options, "r", 10)
@@ -432,6 +436,7 @@ def test_fewer_frames_than_the_key_interval(sharp_ba, monkeypatch):
 # Full model, registration, options
 
 
+@pytest.mark.slow
 def test_full_model_with_random_weights_runs_a_small_clip():
     method = vm.create("ba", weights="random", device="cpu", size="64x96")
     generator = np.random.default_rng(0)
@@ -444,6 +449,7 @@ def test_full_model_with_random_weights_runs_a_small_clip():
     assert {int(v) for o in outputs for v in np.unique(o)} == {1}
 
 
+@pytest.mark.slow
 def test_working_size_follows_the_release_rule_and_the_option():
     method = vm.create("ba", weights="random", device="cpu")
     clip = Clip.from_frames([np.zeros((480, 854, 3), np.uint8)] * 2)
@@ -487,6 +493,7 @@ def test_manifest_row_names_the_published_drive_file():
     assert "ba" in row.used_by
 
 
+@pytest.mark.slow
 def test_cli_matches_segments_to_the_prompt_and_scores_them_unsupervised(tmp_path):
     import json
 
