@@ -9,7 +9,6 @@ on Hugging Face ZeroGPU, through ``spaces.GPU``.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import os
 import shutil
@@ -26,6 +25,7 @@ from pages import GPU_QUEUE, gpu_task, on_zero_gpu, user_errors, weights_state
 from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
+from vos import prompts as vprompts
 from vos import runner
 from vos.device import pick_device
 from vos.methods import UNSUP, MethodInfo, Option, OptionError, available
@@ -960,21 +960,9 @@ class ComparePage:
         objects_json: ``[{"clicks": [[x, y, 1], [x, y, 0]], "boxes": [[x0, y0, x1, y1]]}, ...]`` in pixels of the
         clip's first frame after the upload limits (1 = include, 0 = exclude).
         """
+        objects = vprompts.objects_from_json(objects_json)  # before the upload is copied: bad JSON costs nothing
         session = self._start(clip)
-        try:
-            objects = json.loads(objects_json or "[]")
-        except json.JSONDecodeError as err:
-            raise gr.Error(f"objects must be JSON: {err}") from None
-        session.objects = [
-            pr.MarkedObject(
-                [
-                    pr.Mark(pr.INCLUDE if (c[2] if len(c) > 2 else 1) else pr.EXCLUDE, (c[0], c[1]))
-                    for c in o.get("clicks", [])
-                ]
-                + [pr.Mark(pr.BOX, tuple(b)) for b in o.get("boxes", [])]
-            )
-            for o in objects
-        ]
+        session.objects = [pr.marked_object(prompt) for prompt in objects]
         labels, path = pr.save_prompt(session)
         if not labels.any():
             raise gr.Error("The objects give an empty mask: add a click or a box on each object.")

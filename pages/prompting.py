@@ -304,6 +304,12 @@ def drop_uploaded_mask(session: PromptSession) -> PromptSession:
 # Marks -> label map, preview
 
 
+def marked_object(prompt: vprompts.ObjectPrompt) -> MarkedObject:
+    """The session's form of an object given as clicks and boxes (the API's JSON)."""
+    clicks = [Mark(INCLUDE if c.positive else EXCLUDE, (c.x, c.y)) for c in prompt.clicks]
+    return MarkedObject(clicks + [Mark(BOX, (b.x0, b.y0, b.x1, b.y1)) for b in prompt.boxes])
+
+
 def _object_prompt(obj: MarkedObject) -> vprompts.ObjectPrompt:
     clicks = [vprompts.Click(m.coords[0], m.coords[1], m.kind == INCLUDE) for m in obj.marks if m.kind != BOX]
     boxes = [vprompts.Box(*m.coords) for m in obj.marks if m.kind == BOX]
@@ -321,6 +327,11 @@ def label_map(session: PromptSession, frame: np.ndarray | None = None) -> np.nda
     prompted = [(i, o) for i, o in enumerate(session.objects) if o.has_positive]
     if not prompted:
         return result
+    if session.object_id(prompted[-1][0]) > 255:
+        raise vprompts.PromptError(
+            f"The uploaded mask's ids go up to {session.base_id}, which leaves no room for "
+            f"{len(prompted)} more objects (ids are at most 255); remove some marked objects."
+        )
     frame = session.first_frame() if frame is None else frame
     marked = vprompts.prompts_to_mask(frame, [_object_prompt(o) for _, o in prompted])
     for rank, (index, _) in enumerate(prompted, start=1):
