@@ -39,9 +39,12 @@ def _sessions_in_tmp(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
+
+
+def tiny_files(folder: Path) -> dict:
     """An 8-frame 128x96 clip with two objects, its masks, and a ground-truth zip (GrabCut needs a few thousand
     pixels: on a 64x48 frame a click finds noise)."""
-    folder = tmp_path_factory.mktemp("tiny")
     synthetic = moving_shapes(8, (96, 128), num_objects=2, seed=1, object_scale=0.22)
     clip = write_mp4(synthetic.frames, folder / "tiny.mp4", fps=8)
     mask = vmasks.write_palette_png(synthetic.masks[0], folder / "tiny_00000.png")

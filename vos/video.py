@@ -51,7 +51,7 @@ class VideoError(VosError, ValueError):
         super().__init__(f"{where}{reason}")
 
 
-def _env_number(name: str, default: float) -> float:
+def env_number(name: str, default: float) -> float:
     """A positive number from the environment, or ``default`` when unset; a bad value is the operator's error."""
     text = os.environ.get(name, "").strip()
     if not text:
@@ -88,9 +88,9 @@ class DecodeLimits:
     @classmethod
     def from_env(cls) -> DecodeLimits:
         return cls(
-            max_pixels=int(_env_number("VOS_MAX_FRAME_PIXELS", cls.max_pixels)),
-            max_zip_bytes=int(_env_number("VOS_MAX_DECODED_MB", cls.max_zip_bytes / 2**20) * 2**20),
-            max_ratio=_env_number("VOS_MAX_ZIP_RATIO", cls.max_ratio),
+            max_pixels=int(env_number("VOS_MAX_FRAME_PIXELS", cls.max_pixels)),
+            max_zip_bytes=int(env_number("VOS_MAX_DECODED_MB", cls.max_zip_bytes / 2**20) * 2**20),
+            max_ratio=env_number("VOS_MAX_ZIP_RATIO", cls.max_ratio),
         )
 
     @property
