@@ -87,18 +87,19 @@ def run_comparison(
         timer.daemon = True
         timer.start()
     try:
-        result = runner.run_methods(
-            work,
-            prompt,
-            request.specs,
-            out_dir,
-            device=request.device,
-            weights=request.weights,
-            ground_truth=ground_truth,
-            events=events,
-            cancel=cancel,
-            settings={"max_side": request.max_side, "max_frames": clip.num_frames, "app": True},
-        )
+        with runner.disk_full_as_error(out_dir):
+            result = runner.run_methods(
+                work,
+                prompt,
+                request.specs,
+                out_dir,
+                device=request.device,
+                weights=request.weights,
+                ground_truth=ground_truth,
+                events=events,
+                cancel=cancel,
+                settings={"max_side": request.max_side, "max_frames": clip.num_frames, "app": True},
+            )
     finally:
         if timer is not None:
             timer.cancel()
