@@ -402,7 +402,7 @@ def test_the_page_opens_on_a_variant_that_can_run_here(monkeypatch):
     assert compare.initial_variant(mixture) == mixture.default_variant == "xcit"
 
 
-def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path):
+def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path, monkeypatch):
     from pages import compare
 
     with gr.Blocks():
@@ -418,7 +418,11 @@ def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path):
     folder = Path(compare.method_weights(info, "", [str(one), str(two)], tmp_path))
     # Several files keep their names in one folder: that is how a multi-network method tells them apart.
     assert folder.parent == tmp_path / "weights" and sorted(p.name for p in folder.iterdir()) == [one.name, two.name]
-    # A typed spec is checked as --weights is: a typo fails before the run, naming the method.
+    # A typed path is refused unless the app's owner allowed them (tests/test_hostile_app.py); then it is checked
+    # as --weights is: a typo fails before the run, naming the method.
+    with pytest.raises(gr.Error, match=re.escape(f"Checkpoint hug for {info.title}: the app takes hub, random")):
+        compare.user_errors(compare.method_weights)(info, "hug", None, tmp_path)
+    monkeypatch.setenv(compare.LOCAL_WEIGHTS_ENV, "1")
     with pytest.raises(gr.Error, match=re.escape(f"Checkpoint hug for {info.title}: no such file or folder")):
         compare.user_errors(compare.method_weights)(info, "hug", None, tmp_path)
     assert compare.method_weights(info, str(one), None, tmp_path) == str(one.absolute())

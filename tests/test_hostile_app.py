@@ -201,3 +201,14 @@ def test_eight_concurrent_api_sessions_all_get_correct_results_and_leave_no_file
             expected = np.roll(tiny["masks"][0], (index % 3) * 7, axis=1)
             np.testing.assert_array_equal(last, expected)
         assert session_folders(server / "sessions") == []
+
+
+def test_uploaded_ids_and_marked_objects_past_255_are_refused(tiny, tmp_path):
+    session = pr.start_session(tiny["clip"], pr.Limits())
+    mask = np.zeros((96, 128), np.uint8)
+    mask[:10, :10] = 250
+    session = pr.set_uploaded_mask(session, vmasks.write_palette_png(mask, tmp_path / "mask.png"))
+    for index in range(6):  # ids 251..256
+        session = pr.add_object(pr.click(session, 20 + 15 * index, 60, pr.INCLUDE))
+    with pytest.raises(pr.vprompts.PromptError, match="ids go up to 250, which leaves no room for 6 more objects"):
+        pr.label_map(session)

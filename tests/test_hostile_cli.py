@@ -230,3 +230,51 @@ def test_an_out_of_memory_stays_in_its_tile_frees_its_memory_and_the_next_run_wo
     assert "Ran out of memory" in first.records[0].error and "lower resolution" in first.records[0].hint
     assert not (tmp_path / "one" / "masks" / "fake_oom_holds").exists()
     assert second.records[0].status == runner.OK
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights files that are no checkpoints
+
+
+class RunsCode:
+    """Unpickling this would run a shell command (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_garbage_checkpoint_is_refused_before_the_run_with_exit_2(tmp_path, inputs, capsys):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(os.urandom(4096))
+    out = tmp_path / "run"
+    assert main([*run_args(inputs, out), "--weights", f"fake_copy={garbage}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --weights for fake_copy: {garbage} is not a readable PyTorch checkpoint")
+    assert leftovers(tmp_path) == ["garbage.pth"]
+
+
+def test_a_checkpoint_that_would_run_code_never_runs_it_and_nothing_is_written(tmp_path, inputs, capsys):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": RunsCode(marker)}, evil)
+    out = tmp_path / "run"
+    assert main([*run_args(inputs, out), "--weights", f"fake_copy={evil}"]) == 2
+    assert not marker.exists() and leftovers(tmp_path) == ["evil.pth"]
+    assert "error: --weights for fake_copy:" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="vos/weights.py read_checkpoint must also recognise this torch's 'unsupported GLOBAL posix.system' "
+    "(change described in the issue-18 report; weights.py is being split by another helper)",
+)
+def test_a_checkpoint_that_would_run_code_is_named_as_such(tmp_path):
+    from vos import weights as vweights
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": RunsCode(tmp_path / "ran")}, evil)
+    with pytest.raises(vweights.ConversionError, match=r"posix.system.*never unpickles such objects"):
+        vweights.read_checkpoint(evil)

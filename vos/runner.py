@@ -958,6 +958,7 @@ def command_run(args) -> int:
     prompt = vmasks.read_palette_png(plan.prompt, size=clip.size)
     mbase.check_first_mask(prompt, clip.size)
     ground_truth = read_ground_truth(plan.gt, clip) if plan.gt else None  # open_clip has logged the clip's notes
+    _check_weights_files(plan.specs, plan.weights)
 
     created = _make_parents(out_dir)
     work = None
@@ -996,6 +997,22 @@ def command_run(args) -> int:
         print(f"warning: {out_dir} was taken by another run meanwhile; this run's bundle is {final}.", file=sys.stderr)
         return 1
     return 0 if all(r.ok for r in result.records) else 1
+
+
+def _check_weights_files(specs: Sequence[MethodSpec], default: str) -> None:
+    """A local checkpoint file that is no checkpoint (garbage, a cut download, a pickle that would run code) fails
+    here, before anything is written, and not as one method's failure in a bundle. Whether its tensors fit the
+    method's networks is checked when the method is built."""
+    from vos import weights as vweights
+
+    for spec in specs:
+        weights = spec.weights or default
+        if vweights.spec_kind(weights) != vweights.LOCAL or not Path(weights).is_file():
+            continue
+        try:
+            vweights.read_checkpoint(weights)
+        except vweights.ConversionError as err:
+            raise vweights.ConversionError(f"--weights for {spec.key}: {err}") from None
 
 
 @contextlib.contextmanager
