@@ -155,6 +155,9 @@ def read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo | str, limit: 
 
 
 def _mib(size: int) -> str:
+    """A byte count for a message: KiB, MiB or GiB, whichever reads best."""
+    if size < 2**20:
+        return f"{size / 2**10:,.1f} KiB"
     return f"{size / 2**20:,.1f} MiB" if size < 2**30 else f"{size / 2**30:,.1f} GiB"
 
 
