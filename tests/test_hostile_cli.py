@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import tests.fakes
+from tests.test_weights import env  # noqa: F401 -- the fixture that registers the method "wtest"
 from vos import masks as vmasks
 from vos import runner
 from vos.__main__ import main
@@ -46,9 +47,9 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "VOS_PLUGINS": "tests.fakes", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    variables = {**os.environ, "VOS_PLUGINS": "tests.fakes", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "vos", *args]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(command, cwd=ROOT, env=variables, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
 def wait_for(condition, seconds: float = 60.0) -> None:
@@ -210,7 +211,7 @@ class OutOfMemoryAfterAllocating(Method):
     def _build(self) -> None:
         OutOfMemoryAfterAllocating.instances.add(self)
 
-    def _segment(self, clip, first_mask, progress=None):
+    def _segment(self, clip, first_mask):
         self.held = torch.ones(16 * 2**20 // 4)  # 16 MiB, referenced from the method and this frame
         yield first_mask
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -246,24 +247,45 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+def wtest_args(inputs, out: Path, weights: Path) -> list[str]:
+    clip, prompt = inputs
+    return ["run", str(clip), "--prompt", str(prompt), "--methods", "wtest", "--weights", f"wtest={weights}",
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+
+
+@pytest.mark.usefixtures("env")  # tests.test_weights' method "wtest", with one network part "encoder"
 def test_a_garbage_checkpoint_is_refused_before_the_run_with_exit_2(tmp_path, inputs, capsys):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(os.urandom(4096))
     out = tmp_path / "run"
-    assert main([*run_args(inputs, out), "--weights", f"fake_copy={garbage}"]) == 2
+    assert main(wtest_args(inputs, out, garbage)) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --weights for fake_copy: {garbage} is not a readable PyTorch checkpoint")
-    assert leftovers(tmp_path) == ["garbage.pth"]
+    assert err.startswith(f"error: --weights for wtest: {garbage} is not a readable PyTorch checkpoint")
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
 
 
+@pytest.mark.usefixtures("env")
+def test_safetensors_with_the_wrong_tensors_are_refused_before_the_run_with_exit_2(tmp_path, inputs, capsys):
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"conv.weight": torch.zeros(3, 3), "head.bias": torch.zeros(7)}, str(wrong))
+    out = tmp_path / "run"
+    assert main(wtest_args(inputs, out, wrong)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --weights for wtest: ") and "wrong.safetensors" in err
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+@pytest.mark.usefixtures("env")
 def test_a_checkpoint_that_would_run_code_never_runs_it_and_nothing_is_written(tmp_path, inputs, capsys):
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": RunsCode(marker)}, evil)
     out = tmp_path / "run"
-    assert main([*run_args(inputs, out), "--weights", f"fake_copy={evil}"]) == 2
-    assert not marker.exists() and leftovers(tmp_path) == ["evil.pth"]
-    assert "error: --weights for fake_copy:" in capsys.readouterr().err
+    assert main(wtest_args(inputs, out, evil)) == 2
+    assert not marker.exists() and not out.exists()
+    assert "error: --weights for wtest:" in capsys.readouterr().err
 
 
 @pytest.mark.xfail(

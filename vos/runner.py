@@ -1004,19 +1004,29 @@ def command_run(args) -> int:
 
 
 def _check_weights_files(specs: Sequence[MethodSpec], default: str) -> None:
-    """A local checkpoint file that is no checkpoint (garbage, a cut download, a pickle that would run code) fails
-    here, before anything is written, and not as one method's failure in a bundle. Whether its tensors fit the
-    method's networks is checked when the method is built."""
+    """Local weights (a file or a folder) that cannot be a method's weights fail here, before anything is written,
+    and not as that method's failure in a bundle: garbage, a cut download, a pickle that would run code, or tensors
+    that do not fit the method's networks. Each part is built on the meta device (no memory) and loaded strictly,
+    as the run will load it; hub and hf:// weights are checked when the run loads them."""
+    import torch
+
     from vos import weights as vweights
 
     for spec in specs:
         weights = spec.weights or default
-        if vweights.spec_kind(weights) != vweights.LOCAL or not Path(weights).is_file():
+        if vweights.spec_kind(weights) != vweights.LOCAL:
             continue
-        try:
-            vweights.read_checkpoint(weights)
-        except vweights.ConversionError as err:
-            raise vweights.ConversionError(f"--weights for {spec.key}: {err}") from None
+        cls = mbase.method_class(spec.key)
+        variant = cls.info.check_variant(spec.variant)
+        parts = cls.info.parts(variant)
+        options = cls.info.resolve_options(spec.options)
+        for part in parts:
+            try:
+                with torch.device("meta"):
+                    module = cls.build_part(part, variant, options)
+                vweights.load_into(module, weights, method=spec.key, variant=variant, part=part, parts=parts)
+            except VosError as err:
+                raise RunError(f"--weights for {spec.key}: {err}") from None
 
 
 @contextlib.contextmanager
