@@ -246,3 +246,20 @@ def test_prompts_to_mask_refuses_more_objects_than_allowed_before_running_grabcu
     objects = [vprompts.ObjectPrompt(clicks=[vprompts.Click(5, 5)])] * 21
     with pytest.raises(PromptError, match="21 objects are prompted; at most 20"):
         vprompts.prompts_to_mask(image, objects)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ranges for mixture's and tvos's number options belong in their method files (issue-18 report lists them)",
+)
+def test_every_number_option_of_a_real_method_declares_its_range():
+    from vos.methods import available
+
+    unbounded = [
+        f"{info.key}.{opt.name}"
+        for info in available()
+        if not info.key.startswith("fake_")
+        for opt in info.options
+        if opt.type in (int, float) and opt.choices is None and opt.minimum is None and opt.maximum is None
+    ]
+    assert unbounded == []
