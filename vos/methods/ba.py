@@ -34,21 +34,37 @@ Pipeline (offline: every frame is read before frame 0's label map exists):
 
 What differs from the release, on purpose:
 - Every frame is segmented. The release's loader drops the last frame and its evaluation copies the second-to-last
-  prediction in its place; here the last frame is a query like any other (so a clip whose length T is a multiple of
-  3 plus one has a one-frame last window, and key frames are counted from all T frames).
-- Memory: the release holds the whole (T*HW, heads, T'*HW) logit tensor (8 heads, e.g. 5.5 GB for 104 frames at
-  320x480) and runs the DINO features of all frames through the correlator at once. Here the attention rows are
-  built one window of 3 frames at a time, one head at a time, ``ATTENTION_CHUNK`` query tokens at a time, and summed
-  over heads in head order (the release's mean over the head axis adds them in the same order); the clustering
-  keeps one window's rows, their logs and the window's (3HW)^2 distances; the assignment recomputes each window's
-  rows instead of keeping all of them. DINO runs ``FEATURE_BATCH`` frames at a time.
-- Speed: d(A, A) is symmetric, so one product A log(A)^T gives both cross terms (the release computes two).
+  prediction in its place; here the last frame is a query like any other, and the windows of 3 and the key frames
+  (floor(T / r)) are counted over all T frames. Where the release's T - 1 frames give other windows or another
+  number of key frames, its clusters, and so every frame's segments, can differ from ours.
+- Memory: the release holds the (T*HW, heads, T'*HW) logits of all frames at once (8 heads: 5.5 GB for 104 frames
+  at 320x480) and runs every frame's features through the correlator in one pass. Here the attention rows are built
+  one window of 3 frames at a time, ``ATTENTION_CHUNK`` query tokens and one head at a time, summed over the heads
+  in head order (as the release's mean over its head axis adds them). A window's clustering holds its rows A, one
+  (3HW)^2 matrix (the product A log(A)^T, overwritten by the distances; the logs are taken ``ROW_CHUNK`` rows at a
+  time), then the smoothed rows and their logs; the assignment recomputes each window's rows instead of keeping
+  all of them. DINO runs ``FEATURE_BATCH`` frames at a time.
+- Speed: d(A, A) is symmetric, so one product A log(A)^T gives both cross terms (the release computes two), and
+  the leader pass over the smoothed rows computes only the rows of its leaders (``LEADER_BLOCK`` candidates at a
+  time) instead of the whole (3HW)^2 matrix. Per window that is two large products instead of the release's five.
+  The results equal the release's up to float rounding in the order of sums (~1e-7 relative).
 - Guards that change nothing at the release's settings: a token always belongs to its own neighbourhood and to
   its own cluster (the release relies on d(i, i) = 0 <= tau, which rounding could break for tau near 0, giving an
   empty mean, NaN); with T < r the first frame is the one key frame (the release would have none and fail).
 
-Cost, measured on the development machine's 2-core CPU (shared with other work, so timings are upper bounds), with
-random weights: see the "Measured" paragraph at the end of this docstring.
+Measured (random weights, fp32, the development machine's 2-core Xeon CPU, torch 2.14; the machine was shared with
+other work the whole time, load average 15-20 on 2 cores, so wall times are inflated; CPU times are the process's
+own):
+- 21 frames at 320x480, r = 10 (the spec's comparison point; the release: 6 min 40 s and 5.6 GB): peak resident
+  1.65 GB (VmHWM; 0.90 GB of it is the process before segmenting: Python, torch, the network), CPU time
+  225 s (user 201 s + system 23 s), wall 24 min 48 s at ~16% of the CPU. Under half the release's memory; the
+  CPU time alone is below the release's wall time, so on an unshared machine (two threads) it is faster.
+- One window of a 100-frame clip at 320x480 (N = 3 x 2400 query tokens over M = 10 x 2400 key tokens): 2.1 GB above
+  the process's baseline at its peak (attention 12 s CPU, clustering 81 s CPU). A 100-frame 480p clip at the
+  default working size therefore peaks near 0.9 + 0.4 (keys of all frames) + 2.1 + centroids = ~3.5 GB; at a
+  working size of 480x856 (``size``) the window terms grow to ~10 GB (A and its smoothed copy, 4.95 GB each),
+  ~13 GB in all: within 24 GB either way. Time grows with T * T' (34 windows of 7200 x 24000 rows at 320x480:
+  about an hour of CPU time on this machine).
 """
 
 from __future__ import annotations
@@ -275,7 +291,9 @@ def prepare_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 # Attention rows
 
 
-def attention_rows(q: Tensor, k: Tensor, scale: float, *, chunk: int = ATTENTION_CHUNK) -> Tensor:
+def attention_rows(
+    q: Tensor, k: Tensor, scale: float, *, chunk: int = ATTENTION_CHUNK, check: Callable[[], None] | None = None
+) -> Tensor:
     """Rows of the spatio-temporal attention: (N, M) float32, each row a distribution over the M key tokens.
 
     q: (heads, N, d) query tokens; k: (heads, M, d) key-frame tokens. Per head, softmax over all M of
@@ -285,6 +303,8 @@ def attention_rows(q: Tensor, k: Tensor, scale: float, *, chunk: int = ATTENTION
     heads, count, _ = q.shape
     rows = torch.zeros(count, k.shape[1], dtype=torch.float32, device=q.device)
     for start in range(0, count, chunk):
+        if check is not None:
+            check()
         stop = min(start + chunk, count)
         for head in range(heads):
             logits = torch.mm(q[head, start:stop], k[head].t()).mul_(scale)
@@ -485,7 +505,7 @@ class BetrayedByAttention(Method):
 
     def _window_rows(self, tokens: Tensor, window: range, keys: Tensor) -> Tensor:
         queries, _ = self.net.queries_and_keys(tokens[window.start : window.stop])
-        return attention_rows(queries, keys, self.net.attention_scale)
+        return attention_rows(queries, keys, self.net.attention_scale, check=self.check_stop)
 
     @torch.inference_mode()
     def _segment(self, clip: Clip, first_mask: np.ndarray) -> Iterator[np.ndarray]:
