@@ -162,6 +162,8 @@ def test_key_map_round_trip_from_the_official_layout():
 
 
 def test_official_file_loads_as_published_file_and_folder(tmp_path, monkeypatch):
+    from vos import weights
+
     # Tiny networks stand in for the real sizes; the files are bare state dicts in the release's layout.
     small_large = simvos.Config(embed_dim=32, depth=2, num_heads=2)
     monkeypatch.setitem(simvos.CONFIGS, "vit_b", TINY)
@@ -180,6 +182,11 @@ def test_official_file_loads_as_published_file_and_folder(tmp_path, monkeypatch)
         method = vm.create("simvos", variant, weights=str(b_file.parent), device="cpu")
         expected = torch.load(source)["mask_patch_embed.proj.weight"]
         assert torch.equal(method.nets["model"].state_dict()["mask_patch_embed.proj.weight"], expected), variant
+    # B and BS files share one layout: with both in the folder and their published names not recorded in the
+    # manifest, the choice is refused with both names rather than guessed.
+    torch.save(_random_official(TINY, seed=4), tmp_path / "b" / "SimVOS-BS.pth")
+    with pytest.raises(weights.AmbiguousWeights, match="SimVOS-B.pth.*SimVOS-BS.pth"):
+        vm.create("simvos", "vit_b", weights=str(b_file.parent), device="cpu")
 
 
 def test_manifest_names_the_three_published_drive_files():
@@ -513,3 +520,15 @@ def test_registered_with_its_variants_and_figures():
 def test_invalid_object_batch_is_refused_before_building():
     with pytest.raises(vm.OptionError, match="object_batch"):
         vm.create("simvos", weights="random", device="cpu", object_batch=0)
+
+
+def test_reduced_precision_runs_and_mostly_agrees(monkeypatch):
+    clip, first_mask, _ = _two_object_clip((40, 56))
+    reference = list(_tiny_method(monkeypatch, TINY, seed=5).segment(clip, first_mask))
+    monkeypatch.setitem(simvos.CONFIGS, "vit_b", TINY)
+    method = vm.create("simvos", weights="random", device="cpu", dtype="bf16")
+    _randomise(method.nets["model"], 5)
+    reduced = list(method.segment(clip, first_mask))
+    assert all(o.dtype == np.uint8 and o.shape == (40, 56) for o in reduced)
+    agreement = np.mean([np.mean(a == b) for a, b in zip(reference[1:], reduced[1:])])
+    assert agreement > 0.9, agreement

@@ -25,7 +25,7 @@ refinement's background weight is ``1 - sum(object probabilities)`` with every v
 which after frame 0 leaves (almost) no background weight and, with one object, all-zero background prototypes
 (LayerNorm's bias) - the trained BS model saw the same.
 
-What differs from the release, with the same masks:
+What differs from the release (the masks stay the same up to float rounding):
 - Attention runs through timm's fused path (``scaled_dot_product_attention``): no block holds the (3N)^2 attention
   matrix (at 480p 12 heads x 4860^2 floats, 1.1 GB, twice with the softmax). It differs from the explicit product
   by ~1e-6 (the spec calls this harmless).
@@ -33,10 +33,17 @@ What differs from the release, with the same masks:
   padded frame and probability map of the clip.
 - Objects can share one pass (option ``object_batch``); the release runs one pass per object (the default here).
 - The position embedding is resized once per clip (the release overwrites a parameter of the model).
-- bf16/fp16 autocast is available on CUDA (``--dtype``); fp32 is the reference.
+- bf16/fp16 autocast is available on CUDA, bf16 on the CPU (``--dtype``); fp32 is the reference.
 
-Peak memory (resident set of a child process, ViT-B, random weights, one object, fp32, 2-core CPU; the machine was
-shared with other jobs while measuring, so no timing here is exact): see MEASURED below.
+Measured on the development machine's 2-core CPU: ViT-B, random weights, one object, fp32, the peak resident set
+of a child process that imports, builds and segments (importing torch, timm and vos alone is 0.78 GB; the built
+network 1.21 GB). The machine was shared with many other jobs (load average 13 to 22 on 2 cores), so the times are
+far slower than the machine alone and only their ratios mean something.
+- 480x854 (padded 480x864, 1620 tokens a frame), three frames: peak 1.62 GB (the release: 3.8 GB); frame 1
+  ([first ; search]) 61 s, frame 2 ([first ; previous ; search]) 90 s.
+- 1080x1920 (padded 1088x1920, 8160 tokens a frame), frames 0 and 1: peak 2.39 GB (frame 1: 20 minutes).
+- One ViT-B block over 4860 tokens (480p, three frames), the two runs interleaved: fused attention 13.8 s, the
+  release's explicit product 34.8 s (and 2.3 GB more for the scores and their softmax); they differ by 7e-7.
 """
 
 from __future__ import annotations
