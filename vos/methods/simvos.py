@@ -49,7 +49,7 @@ far slower than the machine alone and only their ratios mean something.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,7 @@ INFO = MethodInfo(
         ),
     ),
     repo="https://github.com/jimmy-dq/SimVOS",
-    licence="unknown (the release states none)",
+    licence="unknown (see the official repository)",
     reported=(
         Reported(
             "DAVIS-2017 val",
@@ -446,7 +446,14 @@ class Propagation:
     token refinement its 2 x 384 prototypes. Nothing else of past frames is kept.
     """
 
-    def __init__(self, net: SimVOSNet, grid: tuple[int, int], num_objects: int, object_batch: int, check_stop=None):
+    def __init__(
+        self,
+        net: SimVOSNet,
+        grid: tuple[int, int],
+        num_objects: int,
+        object_batch: int = 1,
+        check_stop: Callable[[], None] | None = None,
+    ):
         self.net = net
         self.grid = grid
         self.num_objects = num_objects
@@ -549,18 +556,15 @@ class SimVOS(Method):
             with vdevice.autocast(self.device, self.dtype):
                 if t == 0:
                     state.start(image, masks)
-                    output = None
                 else:
                     probs = state.step(image, last=t == total - 1)
-                    output = self.labels(probs, padding, clip.size)
-            if output is None:
-                output = np.array(first_mask, dtype=np.uint8, copy=True)
+            if t == 0:
+                yield np.array(first_mask, dtype=np.uint8, copy=True)
             else:
-                output = to_id[output]
-            yield output
+                yield to_id[self.channel_map(probs, padding, clip.size)]
 
     @staticmethod
-    def labels(probs: Tensor, padding: Padding, size: tuple[int, int]) -> np.ndarray:
+    def channel_map(probs: Tensor, padding: Padding, size: tuple[int, int]) -> np.ndarray:
         """Aggregated probabilities (K + 1, 1, H, W) at the padded size -> channel map at ``size``: unpadded,
         bilinear to the output size (the identity at the working size), argmax."""
         probs = padding.unpad(probs)
