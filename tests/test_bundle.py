@@ -111,7 +111,10 @@ def test_a_bundle_written_before_frames_were_saved_still_opens(made):
         (lambda p: _zip(p / "empty.zip", {"x/readme.txt": "hi"}), "empty.zip holds no run bundle"),
         (lambda p: _zip(p / "evil.zip", {"../run.json": "{}"}), "escapes its folder"),
         (lambda p: _zip(p / "bad.zip", {"b/run.json": "{not json"}), "not valid JSON"),
-        (lambda p: _zip(p / "new.zip", {"run.json": '{"format": 99, "clip": {}, "methods": []}'}), "a newer vos-compare"),
+        (
+            lambda p: _zip(p / "new.zip", {"run.json": '{"format": 99, "clip": {}, "methods": []}'}),
+            "a newer vos-compare",
+        ),
     ],
 )
 def test_anything_else_is_refused_with_what_to_give(tmp_path, make, message):

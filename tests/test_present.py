@@ -184,7 +184,7 @@ def test_page_pair_numbers_and_failure_report(bundle_root, monkeypatch):
     app.radio(key="view").set_value("Numbers").run()
     assert not app.exception
     assert "<table" in markdown_text(app) and "failed" in markdown_text(app)
-    assert any("synthetic failure" in e.value and "1 of 6 frames" in e.value for e in app.error)
+    assert any("failed after 1/6 frames: RuntimeError: synthetic failure" in e.value for e in app.error)
 
 
 def test_a_moved_and_zipped_bundle_still_shows_frames(bundle_root, shapes, tmp_path, monkeypatch):

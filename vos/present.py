@@ -371,6 +371,7 @@ h1 { font-size: 2.1rem !important; padding: 0 0 0.1rem 0 !important; }
 .vos-tile-status { font-size: 1.1rem; opacity: 0.85; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .vos-bad .vos-tile-status { color: #ff5c5c; opacity: 1; font-weight: 600; }
 .vos-bad .vos-tile-title { color: #ff8a8a; }
+.vos-right { text-align: right; }
 [data-testid="stImage"] img { max-height: var(--vos-tile-h, 60vh); object-fit: contain; border-radius: 4px; }
 .vos-legend { font-size: 1.05rem; }
 .vos-legend span { margin-right: 1.1rem; white-space: nowrap; }
@@ -565,18 +566,37 @@ def _grid(st, bundle: RunBundle, index: int, keys: list[str], style: Style) -> N
             cell.image(_display(tile.image), output_format="JPEG", width="stretch")
 
 
+_PAIR_HEIGHT_CSS = "<style>:root { --vos-tile-h: calc(100vh - 24.5rem); }</style>"
+# Share of the page's width a pair image takes per unit of aspect ratio, so that at 1920x1080 it fills the height
+# left under the controls (4:3: 56%, 16:9: 75%); its header and wipe slider line up with it.
+_PAIR_WIDTH_PER_ASPECT = 0.42
+
+
+def _centred(st, aspect: float):
+    share = min(1.0, _PAIR_WIDTH_PER_ASPECT * aspect)
+    if share > 0.95:
+        return st.container()
+    side = (1 - share) / 2
+    return st.columns([side, share, side])[1]
+
+
 def _pair(st, bundle: RunBundle, index: int, style: Style, a: str, b: str, mode: str) -> None:
     frame = bundle.frame(index)
     rec_a, rec_b = bundle.record(a), bundle.record(b)
     tile_a = method_tile(bundle, rec_a, index, frame, style)
     tile_b = method_tile(bundle, rec_b, index, frame, style)
-    st.markdown(_tile_height_css(1), unsafe_allow_html=True)
-    heads = st.columns(2)
+    st.markdown(_PAIR_HEIGHT_CSS, unsafe_allow_html=True)
+    h, w = tile_a.image.shape[:2]
+    centre = _centred(st, w / h)
+    heads = centre.columns(2)
     heads[0].markdown(_tile_head(tile_a), unsafe_allow_html=True)
-    heads[1].markdown(_tile_head(tile_b), unsafe_allow_html=True)
+    heads[1].markdown(
+        _tile_head(tile_b).replace('class="vos-tile-head', 'class="vos-right vos-tile-head'), unsafe_allow_html=True
+    )
     if mode == "Wipe":
-        position = st.slider("Wipe", 0, 100, 50, key="wipe", format="%d%%", label_visibility="collapsed")
-        st.image(_display(wipe_image(tile_a.image, tile_b.image, position / 100), 1600), output_format="JPEG")
+        position = centre.slider("Wipe", 0, 100, 50, key="wipe", format="%d%%", label_visibility="collapsed")
+        wiped = wipe_image(tile_a.image, tile_b.image, position / 100)
+        centre.image(_display(wiped, 1600), output_format="JPEG", width="stretch")
         return
     mask_a, mask_b = bundle.mask(a, index), bundle.mask(b, index)
     if mask_a is None or mask_b is None:
@@ -590,12 +610,12 @@ def _pair(st, bundle: RunBundle, index: int, style: Style, a: str, b: str, mode:
         f'<span><i style="background:#{r:02x}{g:02x}{b_:02x}"></i>{html.escape(names[name])}</span>'
         for name, (r, g, b_) in DISAGREE_COLOURS.items()
     )
-    st.markdown(
+    centre.markdown(
         f'<div class="vos-legend">{legend}<span>agreement (IoU of all objects): <b>{agreement}</b></span>'
         f"<span>disagree on {100 * (diff.only_a + diff.only_b + diff.different):.1f}% of the frame</span></div>",
         unsafe_allow_html=True,
     )
-    st.image(_display(diff.image, 1600), output_format="JPEG")
+    centre.image(_display(diff.image, 1600), output_format="JPEG", width="stretch")
 
 
 def _numbers_view(st, bundle: RunBundle) -> None:
@@ -605,8 +625,8 @@ def _numbers_view(st, bundle: RunBundle) -> None:
     st.caption(f"fps counts segmentation only (loading is timed apart). Memory: {memory} during each method's run.")
     for record in bundle.records:
         if not record.ok:
-            produced = f" It produced {record.frames_done} of {bundle.num_frames} frames." if record.frames_done else ""
-            st.error(f"**{record.title}** — {stopped_line(record, bundle.num_frames)}.{produced}")
+            shown = " Its tiles show what it produced." if record.frames_done else ""
+            st.error(f"**{record.title}** — {stopped_line(record, bundle.num_frames)}.{shown}")
             if record.hint:
                 st.caption(f"What to do: {record.hint}")
 
