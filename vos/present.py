@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -703,10 +704,21 @@ def command_present(args) -> int:
         BENCH_ENV: os.pathsep.join(str(Path(p).resolve()) for p in args.bench),
     }
     print(f"Presenter on http://localhost:{args.port} (Ctrl+C stops it)")
+    server = subprocess.Popen(command, env=env)
+    # Stopping this process (Ctrl+C, or SIGTERM from a script or a test) stops the server with it.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        return subprocess.call(command, env=env)
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def _export(args, bundles: list[RunBundle]) -> int:
