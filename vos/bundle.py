@@ -122,6 +122,7 @@ class MethodRecord:
     error: str | None = None
     hint: str | None = None  # what to do about the error
     frames_done: int = 0
+    stage: str | None = None  # the latest progress the method reported, e.g. "flow 12/80"
     load_s: float | None = None
     first_frame_s: float | None = None
     segment_s: float | None = None
