@@ -199,6 +199,7 @@ def test_a_moved_and_zipped_bundle_still_shows_frames(bundle_root, shapes, tmp_p
     assert shown_images(app)[0] != images[0]  # the input tile is the clip's frame, from the zip
 
 
+@pytest.mark.slow
 def test_several_runs_switch_in_the_sidebar_and_chart_with_the_bench_figures(tmp_path, shapes, monkeypatch):
     source, synthetic = shapes
     make_run(tmp_path / "runs" / "full", source, synthetic.masks)

@@ -46,6 +46,7 @@ DISPLAY_SIDE = 960  # tiles go to the browser at most this long: a third of a 10
 MIN_TICK_S = 0.08  # playback cannot refresh the page faster than this; slower clips play at their own rate
 SPEEDS = {"¼×": 0.25, "½×": 0.5, "1×": 1.0}
 GRID_COLUMNS = 3  # input + four methods in two rows: fits 1920x1080 without scrolling
+EXPORT_TILE_WIDTH = 640  # exports: three columns make a slide about 1920 wide, whatever the clip's size
 DISAGREE_COLOURS = {  # the pair view's difference map
     "only A": (255, 150, 30),
     "only B": (40, 170, 255),
@@ -173,7 +174,9 @@ def grid_image(
         vmasks.Tile(t.image, f"{t.title} · {t.detail}" if t.detail else t.title, t.status, t.ok)
         for t in grid_tiles(bundle, index, keys, style)
     ]
-    return vmasks.compose_grid(tiles, columns=min(GRID_COLUMNS, len(tiles)), layout=layout)
+    return vmasks.compose_grid(
+        tiles, columns=min(GRID_COLUMNS, len(tiles)), tile_width=EXPORT_TILE_WIDTH, layout=layout
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -263,7 +266,9 @@ def export_mp4(
     keys = _check_keys(bundle, keys)
     first = grid_tiles(bundle, 0, keys, style)
     layout = vmasks.grid_layout(
-        [vmasks.Tile(t.image, t.title, t.status, t.ok) for t in first], columns=min(GRID_COLUMNS, len(first))
+        [vmasks.Tile(t.image, t.title, t.status, t.ok) for t in first],
+        columns=min(GRID_COLUMNS, len(first)),
+        tile_width=EXPORT_TILE_WIDTH,
     )
 
     def frames():
