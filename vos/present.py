@@ -34,7 +34,7 @@ from PIL import Image
 
 from vos import bundle as vbundle
 from vos import masks as vmasks
-from vos.bundle import BundleError, MethodRecord, RunBundle, Status, find_bundles, open_bundle
+from vos.bundle import BundleError, MethodRecord, RunBundle, Status, find_bundles
 from vos.errors import VosError
 from vos.video import resize_frame, write_mp4
 
@@ -52,11 +52,6 @@ DISAGREE_COLOURS = {  # the pair view's difference map
     "only B": (40, 170, 255),
     "different objects": (235, 40, 235),
 }
-
-# Compatibility: these names lived here before the bundle format had its own module.
-Bundle = RunBundle
-load_bundle = vbundle.load_bundle
-__all__ = ["BundleError", "find_bundles", "open_bundle"]
 
 
 class ExportError(VosError, ValueError):
