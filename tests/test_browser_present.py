@@ -23,6 +23,7 @@ import pytest
 
 import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
+from vos.bundle import open_bundle
 from vos.methods import available
 from vos.runner import MethodSpec, read_ground_truth, run_methods
 from vos.video import Limits, open_clip
@@ -115,9 +116,11 @@ def images(page) -> list[str]:
     return page.eval_on_selector_all("[data-testid=stImage] img", "imgs => imgs.map(i => i.src)")
 
 
-def check_and_shoot(page, url: str, folder: Path) -> None:
+def check_and_shoot(page, url: str, folder: Path, bundle: Path) -> None:
+    run = open_bundle(bundle)
+    tiles, frames = 1 + len(run.methods), run.num_frames
     page.goto(url, wait_until="load")
-    page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length == 5")
+    page.wait_for_function(f"document.querySelectorAll('[data-testid=stImage] img').length == {tiles}")
     page.wait_for_timeout(1500)
     # Everything, the fifth tile's bottom edge included, is inside the window: nothing to scroll to.
     bottom = page.eval_on_selector_all(
@@ -128,7 +131,7 @@ def check_and_shoot(page, url: str, folder: Path) -> None:
     slider = page.locator("[data-testid=stSlider] input[type=range]").first
     slider.focus()
     page.keyboard.press("End")
-    page.wait_for_function("document.querySelector('.vos-frame-no').innerText.startsWith('48 /')")
+    page.wait_for_function(f"document.querySelector('.vos-frame-no').innerText.startsWith('{frames} /')")
     page.wait_for_timeout(1500)
     moved = images(page)
     assert all(a != b for a, b in zip(first, moved)), "every tile follows the one slider"
@@ -142,7 +145,7 @@ def check_and_shoot(page, url: str, folder: Path) -> None:
 def test_presenter_fits_a_projector_and_stays_in_sync(projector_page, tmp_path):
     bundle = make_bundle(tmp_path / "runs" / "shapes")
     with presenter(bundle, tmp_path / "present.log") as url:
-        check_and_shoot(projector_page, url, tmp_path)
+        check_and_shoot(projector_page, url, tmp_path, bundle)
 
 
 @pytest.mark.skipif(not os.environ.get("VOS_SCREENSHOT_DIR"), reason="set VOS_SCREENSHOT_DIR to refresh the README's")
@@ -151,9 +154,14 @@ def test_readme_screenshot(projector_page, tmp_path):
     folder.mkdir(parents=True, exist_ok=True)
     bundle = make_real_bundle(tmp_path / "runs" / "shapes")
     with presenter(bundle, tmp_path / "present.log") as url:
-        check_and_shoot(projector_page, url, folder)
+        check_and_shoot(projector_page, url, folder, bundle)
+    quantize(folder / "present-grid.png", folder / "present-pair.png")
+
+
+def quantize(*paths: Path) -> None:
+    """256 colours: a fraction of the size, no visible loss for a page."""
     from PIL import Image
 
-    for name in ("present-grid.png", "present-pair.png"):  # 256 colours: a fraction of the size, no visible loss
-        with Image.open(folder / name) as image:
-            image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(folder / name, optimize=True)
+    for path in paths:
+        with Image.open(path) as image:
+            image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)

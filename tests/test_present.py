@@ -27,7 +27,8 @@ KEYS = ["fake_copy", "fake_unsup", "fake_fail"]
 def make_run(folder: Path, source: Path, masks, *, max_side: int | None = None) -> Path:
     clip = open_clip(source).with_max_side(max_side)
     specs = [MethodSpec("fake_copy", options={"shift": 4}), MethodSpec("fake_unsup"), MethodSpec("fake_fail")]
-    run_methods(clip, masks[0], specs, folder, device="cpu", write_video=False)
+    truth = dict(enumerate(masks))
+    run_methods(clip, masks[0], specs, folder, device="cpu", ground_truth=truth, write_video=False)
     return folder
 
 
@@ -211,13 +212,17 @@ def test_several_runs_switch_in_the_sidebar_and_chart_with_the_bench_figures(tmp
     assert not app.exception and "methods ran at 32x24" in markdown_text(app)
     app.radio(key="view").set_value("Charts").run()
     assert not app.exception
-    charts = app.get("plotly_chart")
-    assert len(charts) == 3
-    assert "Peak memory vs resolution" in charts[0].proto.spec and "runs of up to 6 frames" in charts[0].proto.spec
+    spec = app.get("plotly_chart")[0].proto.spec
+    assert "Peak memory vs resolution" in spec and "runs of up to 6 frames" in spec
+    app.radio(key="chart").set_value("Accuracy vs speed").run()
+    assert "Accuracy vs speed" in app.get("plotly_chart")[0].proto.spec
     results = present.runs_as_results(vbundle.find_bundles(tmp_path / "runs"))
     assert sorted({p["resolution"] for p in results["points"]}) == [24, 48]
     assert {p["status"] for p in results["points"]} == {"ok", "failed"}
-    app.radio(key="charts-of").set_value(f"Benchmark: {stored.name}").run()
+    scored = [p for p in results["points"] if p["scores"]]
+    assert scored and all(1 < p["scores"]["J&F"] <= 100 for p in scored)  # percent, as on the papers' axis
+    app.radio(key="charts-of").set_value(f"Benchmark: {stored.name}")
+    app.radio(key="chart").set_value("Peak memory").run()
     assert not app.exception and "-frame synthetic clips" in app.get("plotly_chart")[0].proto.spec
 
 

@@ -319,7 +319,8 @@ def runs_as_results(bundles: Sequence[RunBundle]) -> dict[str, Any]:
                     "peak_memory_mib": r.peak_memory_mib,
                     "memory_kind": r.memory_kind,
                     "reserved_memory_mib": r.reserved_memory_mib,
-                    "scores": r.scores,
+                    # the charts' J&F axis is in percent, as the papers report it
+                    "scores": {k: 100 * v for k, v in r.scores.items()} if r.scores else None,
                     "config": r.config,
                 }
             )
@@ -342,6 +343,9 @@ def runs_as_results(bundles: Sequence[RunBundle]) -> dict[str, Any]:
         },
         "points": points,
     }
+
+
+CHART_NAMES = ["Peak memory", "Speed", "Accuracy vs speed"]
 
 
 def chart_figures(results: dict[str, Any], *, from_runs: bool) -> list[Any]:
@@ -653,10 +657,11 @@ def _charts_view(st, bundles: Sequence[RunBundle], bench_files: Sequence[str]) -
         st.error(problem)
         return
     figures = chart_figures(results, from_runs=name.startswith("These"))
-    columns = st.columns(len(figures))
-    for column, figure in zip(columns, figures):
-        figure.update_layout(height=620, font={"size": 15})
-        column.plotly_chart(figure, width="stretch", theme=None)
+    # One chart at a time, as large as the screen allows: a projected chart must be read from the back of the room.
+    chart = st.radio("Chart", CHART_NAMES, horizontal=True, key="chart", label_visibility="collapsed")
+    figure = figures[CHART_NAMES.index(chart)]
+    figure.update_layout(height=720, font={"size": 17})
+    st.plotly_chart(figure, width="stretch", theme=None)
 
 
 def _export_sidebar(st, bundle: RunBundle, keys: list[str], style: Style) -> None:
