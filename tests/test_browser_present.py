@@ -116,17 +116,21 @@ def images(page) -> list[str]:
     return page.eval_on_selector_all("[data-testid=stImage] img", "imgs => imgs.map(i => i.src)")
 
 
+def assert_fits(page) -> None:
+    """Every image, the last tile's bottom edge included, is inside the window: nothing to scroll to."""
+    bottom = page.eval_on_selector_all(
+        "[data-testid=stImage] img", "imgs => Math.max(...imgs.map(i => i.getBoundingClientRect().bottom))"
+    )
+    assert bottom <= PROJECTOR[1], f"the images end at {bottom}px, below the {PROJECTOR[1]}px window"
+
+
 def check_and_shoot(page, url: str, folder: Path, bundle: Path) -> None:
     run = open_bundle(bundle)
     tiles, frames = 1 + len(run.methods), run.num_frames
     page.goto(url, wait_until="load")
     page.wait_for_function(f"document.querySelectorAll('[data-testid=stImage] img').length == {tiles}")
     page.wait_for_timeout(1500)
-    # Everything, the fifth tile's bottom edge included, is inside the window: nothing to scroll to.
-    bottom = page.eval_on_selector_all(
-        "[data-testid=stImage] img", "imgs => Math.max(...imgs.map(i => i.getBoundingClientRect().bottom))"
-    )
-    assert bottom <= PROJECTOR[1], f"the grid ends at {bottom}px, below the {PROJECTOR[1]}px window"
+    assert_fits(page)
     first = images(page)
     slider = page.locator("[data-testid=stSlider] input[type=range]").first
     slider.focus()
@@ -139,6 +143,7 @@ def check_and_shoot(page, url: str, folder: Path, bundle: Path) -> None:
     page.get_by_text("Pair", exact=True).click()
     page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length == 1")
     page.wait_for_timeout(1500)
+    assert_fits(page)
     page.screenshot(path=str(folder / "present-pair.png"))
 
 

@@ -156,8 +156,8 @@ class MethodRecord:
         """One line for a tile: speed, memory and score, or what went wrong."""
         if self.ok:
             parts = []
-            if self.fps is not None:
-                parts.append(f"{self.fps:.1f} fps")
+            if self.fps is not None:  # a slow method on a CPU can run well under 0.1 fps: keep two digits
+                parts.append(f"{self.fps:.1f} fps" if self.fps >= 1 else f"{self.fps:.2g} fps")
             if self.peak_memory_mib is not None:
                 parts.append(f"{self.peak_memory_mib:,.0f} MiB")
             if self.scores and "J&F" in self.scores:

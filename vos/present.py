@@ -483,11 +483,11 @@ def render(root: str, bench_files: Sequence[str] = ()) -> None:
                 [f"- device: {settings.get('device', '?')}", f"- precision: {settings.get('dtype') or 'fp32'}"]
                 + [f"- {k}: {v}" for k, v in bundle.hardware.items()]
                 + [f"- created: {bundle.data.get('created', '?')}"]
+                + [f"- {note}" for note in bundle.clip.get("notes", [])]
             )
         )
 
     # ---- header
-    clip = bundle.clip
     h, w = bundle.work_size
     st.title(bundle.name)
     st.markdown(
@@ -498,8 +498,6 @@ def render(root: str, bench_files: Sequence[str] = ()) -> None:
     note = _frames_note(bundle)
     if note:
         st.info(note)
-    for clip_note in clip.get("notes", []):
-        st.caption(clip_note)
 
     if view == "Numbers":
         _numbers_view(st, bundle)
@@ -571,7 +569,7 @@ def _grid(st, bundle: RunBundle, index: int, keys: list[str], style: Style) -> N
             cell.image(_display(tile.image), output_format="JPEG", width="stretch")
 
 
-_PAIR_HEIGHT_CSS = "<style>:root { --vos-tile-h: calc(100vh - 24.5rem); }</style>"
+_PAIR_HEIGHT_CSS = "<style>:root { --vos-tile-h: calc(100vh - 26rem); }</style>"
 # Share of the page's width a pair image takes per unit of aspect ratio, so that at 1920x1080 it fills the height
 # left under the controls (4:3: 56%, 16:9: 75%); its header and wipe slider line up with it.
 _PAIR_WIDTH_PER_ASPECT = 0.42
