@@ -29,7 +29,7 @@ import logging
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -268,9 +268,17 @@ def write_run_json(
     return path
 
 
-def zip_folder(folder: Path, dest: Path, *, root: str, skip: Sequence[str] = ()) -> Path:
+def zip_folder(
+    folder: Path,
+    dest: Path,
+    *,
+    root: str,
+    skip: Sequence[str] = (),
+    run_json: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Path:
     """Zip ``folder`` as ``root/...``, leaving out hidden files (work in progress). PNGs, JPEGs and MP4s are
-    already compressed: stored, not deflated."""
+    already compressed: stored, not deflated. ``run_json``, when given, rewrites the record at the folder's top on
+    its way into the zip (the app drops the server's paths from it)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.part")
     with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as archive:
@@ -278,18 +286,27 @@ def zip_folder(folder: Path, dest: Path, *, root: str, skip: Sequence[str] = ())
             rel = path.relative_to(folder)
             if path.is_dir() or any(p.startswith(".") for p in rel.parts) or rel.parts[0] in skip:
                 continue
+            if run_json is not None and rel.as_posix() == RUN_JSON:
+                archive.writestr(f"{root}/{RUN_JSON}", json.dumps(run_json(json.loads(path.read_text())), indent=2))
+                continue
             archive.write(path, f"{root}/{rel.as_posix()}")
     part.replace(dest)
     return dest
 
 
-def zip_bundle(folder: str | Path, dest: str | Path | None = None) -> Path:
-    """The bundle at ``folder`` as one .zip (default: beside it, ``<folder>.zip``), under its folder's name."""
+def zip_bundle(
+    folder: str | Path,
+    dest: str | Path | None = None,
+    *,
+    run_json: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Path:
+    """The bundle at ``folder`` as one .zip (default: beside it, ``<folder>.zip``), under its folder's name;
+    ``run_json`` as for ``zip_folder``."""
     folder = Path(folder)
     if not (folder / RUN_JSON).is_file():
         raise BundleError(f"{folder} holds no {RUN_JSON}: it is not a run bundle.")
     dest = Path(dest) if dest is not None else folder.with_name(folder.name + ".zip")
-    return zip_folder(folder, dest, root=folder.name)
+    return zip_folder(folder, dest, root=folder.name, run_json=run_json)
 
 
 # --------------------------------------------------------------------------------------------------------------
