@@ -146,3 +146,14 @@ def test_run_zip_gives_the_bundle_as_one_file(tmp_path, capsys):
     clip.unlink()  # the zip alone plays back
     bundle = vbundle.open_bundle(out.with_name("run1.zip"))
     assert bundle.num_frames == 3 and bundle.frame(2) is not None
+
+
+def test_the_apps_download_is_a_bundle_that_plays_anywhere(made, tmp_path):
+    from pages import results as rs
+
+    folder, source, _ = made
+    files = rs.downloads(rs.load_view(folder), tmp_path / "downloads")
+    source.unlink()
+    bundle = vbundle.open_bundle(files.bundle)
+    assert bundle.frame(4) is not None and bundle.mask("fake_fail", 1) is not None
+    assert bundle.clip["source"] == "shapes.mp4"  # the server's folders stay on the server
