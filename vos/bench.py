@@ -1001,7 +1001,15 @@ def _resolution_axis(fig: go.Figure, results: dict[str, Any]) -> None:
 
 def _layout(fig: go.Figure, title: str) -> None:
     fig.update_layout(
-        title={"text": title, "x": 0.01, "xanchor": "left", "yref": "container", "y": 1, "yanchor": "top", "pad": {"t": 14}},
+        title={
+            "text": title,
+            "x": 0.01,
+            "xanchor": "left",
+            "yref": "container",
+            "y": 1,
+            "yanchor": "top",
+            "pad": {"t": 14},
+        },
         template="plotly_white",
         # Below the plot, in a row: beside it, it takes half of a phone's width from the lines.
         # At the foot of the figure (not of the plot, whose height varies), clear of the axis title.
