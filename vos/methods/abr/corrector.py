@@ -123,10 +123,7 @@ class MaskCorrector(nn.Module):
         queries = (queries + dec.encoder_querytime(slots, window)).reshape(1, slots * window, dim)
         targets = tokens + dec.encoder_positime(window, h, w)  # (7, h, w, c)
 
-        position = torch.arange(window, device=rgbs.device)
-        query_position = position.repeat(slots)
-        target_forbidden = same_frame(query_position, position.repeat_interleave(h * w))
-        exemplar_forbidden = same_frame(frames[query_position], exemplar_frames.reshape(-1).repeat_interleave(h * w))
+        target_forbidden, exemplar_forbidden = attention_masks(frames, exemplar_frames, slots, h * w)
 
         x = queries
         flat_targets = targets.reshape(1, window * h * w, dim)
@@ -139,6 +136,18 @@ class MaskCorrector(nn.Module):
         maps = dec.heatmap.mlp(maps)  # (3, 7, h, w, 512)
         mixed = self.rgbmaskdec.mlp_mix(maps.permute(1, 2, 3, 0, 4).reshape(window, h, w, objects * BOTTLENECK))
         return self.rgbmaskdec.decoder_m(skips, mixed.permute(0, 3, 1, 2).contiguous())
+
+
+def attention_masks(frames: Tensor, exemplar_frames: Tensor, slots: int, cells: int) -> tuple[Tensor, Tensor]:
+    """The forbidden pairs of the two slot attentions, for queries ordered (slot, window position) and keys
+    ordered (position, cell) / (object, exemplar, cell): a query never attends to the target frame at its own
+    window position, nor to exemplar tokens from its own absolute frame (``frames`` (7,), ``exemplar_frames``
+    (3, n))."""
+    position = torch.arange(frames.shape[0], device=frames.device)
+    query_position = position.repeat(slots)
+    target = same_frame(query_position, position.repeat_interleave(cells))
+    exemplar = same_frame(frames[query_position], exemplar_frames.reshape(-1).repeat_interleave(cells))
+    return target, exemplar
 
 
 def initial_queries(tokens: Tensor, masks: Tensor, scores: Tensor) -> Tensor:
