@@ -392,3 +392,212 @@ def test_whole_method_with_random_weights_returns_label_maps_of_the_input_size()
     for stage in ("flow", "proposals", "selector", "corrector", "frame"):
         assert stage in stages
     assert stages.index("flow") < stages.index("proposals") < stages.index("selector") < stages.index("corrector")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# OCLR-flow and the selector against a plain functional re-statement of the spec, on the official key names
+
+
+def _block(x, state, prefix):
+    for conv in ("conv1", "conv2"):
+        x = F.leaky_relu(F.instance_norm(F.conv2d(x, state[f"{prefix}.{conv}.weight"], padding=1)))
+    return x
+
+
+def _mha(state, prefix, x, memory, forbidden, heads):
+    dim = x.shape[-1]
+    q = F.linear(x, state[f"{prefix}.in_proj_weight"][:dim], state[f"{prefix}.in_proj_bias"][:dim])
+    kv = F.linear(memory, state[f"{prefix}.in_proj_weight"][dim:], state[f"{prefix}.in_proj_bias"][dim:])
+    k, v = kv.chunk(2, -1)
+
+    def split(t):
+        return t.view(t.shape[0], -1, heads, dim // heads).transpose(1, 2)
+
+    scores = split(q) @ split(k).transpose(-2, -1) / (dim // heads) ** 0.5
+    if forbidden is not None:
+        scores = scores.masked_fill(forbidden[None, None], -1e9)
+    out = (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(x.shape)
+    return F.linear(out, state[f"{prefix}.out_proj.weight"], state[f"{prefix}.out_proj.bias"])
+
+
+def _ln(state, prefix, x):
+    return _norm(x, state[f"{prefix}.weight"], state[f"{prefix}.bias"])
+
+
+def _ffn(state, prefix, x):
+    hidden = F.relu(F.linear(x, state[f"{prefix}.linear1.weight"], state[f"{prefix}.linear1.bias"]))
+    return F.linear(hidden, state[f"{prefix}.linear2.weight"], state[f"{prefix}.linear2.bias"])
+
+
+def _spacetime_grid(t, h, w):
+    ranges = [np.linspace(-1.0, 1.0, num=n) for n in (t, h, w)]
+    return torch.from_numpy(np.stack(np.meshgrid(*ranges, indexing="ij"), -1).astype(np.float32))
+
+
+def _unet_decoder(state, prefix, skips, x, levels):
+    for level in range(levels, 0, -1):
+        x = F.conv_transpose2d(x, state[f"{prefix}.upconv{level}.weight"], state[f"{prefix}.upconv{level}.bias"], 2)
+        x = _block(torch.cat([x, skips[level - 1]], 1), state, f"{prefix}.decoder{level}")
+    return F.conv2d(x, state[f"{prefix}.conv.weight"], state[f"{prefix}.conv.bias"])
+
+
+def _reference_oclr(state, flow):
+    t = flow.shape[0]
+    skips = [_block(flow, state, "encoder.encoder1")]
+    for level in (2, 3, 4):
+        skips.append(_block(F.max_pool2d(skips[-1], 2), state, f"encoder.encoder{level}"))
+    btn = _block(F.max_pool2d(skips[-1], 2), state, "encoder.bottleneck").permute(0, 2, 3, 1)  # t h w c
+    h, w, c = btn.shape[1:]
+    pos = F.linear(
+        _spacetime_grid(t, h, w), *[state[f"transformer_enc.encoder_positime.proj.{p}"] for p in ("weight", "bias")]
+    )
+    x = (btn + pos).reshape(1, t * h * w, c)
+    frame = torch.arange(t).repeat_interleave(h * w)
+    mask = frame[None] == frame[:, None]
+    for i in range(3):
+        p = f"transformer_enc.transformer_encoder.layers.{i}"
+        x = _ln(state, f"{p}.norm1", x + _mha(state, f"{p}.self_attn", x, x, mask, 8))
+        x = _ln(state, f"{p}.norm2", x + _ffn(state, p, x))
+    grid = torch.from_numpy(np.linspace(-1.0, 1.0, num=t).reshape(t, 1).astype(np.float32))
+    time = F.linear(grid, *[state[f"transformer_dec.encoder_time.proj.{p}"] for p in ("weight", "bias")])
+    queries = state["transformer_dec.motion_embed.weight"][:, None, :].repeat(1, t, 1) + time  # q t c
+    y = queries.reshape(1, 3 * t, c)
+    for i in range(3):
+        p = f"transformer_dec.transformer_decoder.layers.{i}"
+        y = _ln(state, f"{p}.norm1", y + _mha(state, f"{p}.self_attn", y, y, None, 8))
+        y = _ln(state, f"{p}.norm2", y + _mha(state, f"{p}.multihead_attn", y, x, None, 8))
+        y = _ln(state, f"{p}.norm3", y + _ffn(state, p, y))
+    enc = x.view(t, h, w, 8, c // 8).permute(3, 0, 1, 2, 4)  # g t h w d
+    dec = y.view(3, t, 8, c // 8).permute(2, 0, 1, 3)  # g q t d
+    maps = (dec[:, :, :, None, None, :] * enc[:, None]).sum(-1)  # g q t h w
+    maps = maps.permute(2, 3, 4, 1, 0).reshape(t, h, w, 24)  # (q g)
+    feats = F.relu(F.linear(maps, state["heatmap.mlp.0.weight"], state["heatmap.mlp.0.bias"])).permute(0, 3, 1, 2)
+    amodal = _unet_decoder(state, "decoder_am", skips, feats, 4)
+    pooled = y.view(3, t, c).max(1).values
+    order = F.linear(
+        F.relu(F.linear(pooled, state["classhead.mlp.0.weight"], state["classhead.mlp.0.bias"])),
+        state["classhead.mlp.2.weight"],
+        state["classhead.mlp.2.bias"],
+    )
+    return amodal, order[:, 0]
+
+
+@pytest.mark.slow
+def test_oclr_matches_a_plain_restatement_of_the_spec():
+    torch.manual_seed(4)
+    net = oclr.OclrFlow().eval()
+    flow_in = torch.randn(2, 4, 128, 224) * 3
+    with torch.inference_mode():
+        amodal, order = net(flow_in)
+        ref_amodal, ref_order = _reference_oclr(net.state_dict(), flow_in)
+    torch.testing.assert_close(amodal, ref_amodal, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(order, ref_order, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_selector_matches_a_plain_restatement_of_the_spec():
+    torch.manual_seed(5)
+    net = selector.MaskSelector().eval()
+    t = 3
+    rgbs, tokens = torch.randn(t, 3, 128, 224), torch.randn(t, 8, 14, 384)
+    mask = (torch.rand(t, 1, 128, 224) > 0.7).float()
+    s = net.state_dict()
+    with torch.inference_mode():
+        first = torch.cat([_block(rgbs, s, "encoder.encoder1_rgb"), _block(mask, s, "encoder.encoder1_mask")], 1)
+        skips = [_block(first, s, "encoder.encoder1")]
+        for level in (2, 3, 4):
+            skips.append(_block(F.max_pool2d(skips[-1], 2), s, f"encoder.encoder{level}"))
+        btn = _block(F.max_pool2d(skips[-1], 2), s, "encoder.bottleneck").permute(0, 2, 3, 1)
+        x = F.linear(torch.cat([btn, tokens], -1), s["mlp.weight"], s["mlp.bias"])
+        pos = F.linear(
+            _spacetime_grid(t, 8, 14), *[s[f"transformer_enc.encoder_positime.proj.{p}"] for p in ("weight", "bias")]
+        )
+        x = (x + pos).reshape(1, t * 112, 256)
+        frame = torch.arange(t).repeat_interleave(112)
+        forbidden = frame[None] == frame[:, None]
+        for i in range(3):
+            p = f"transformer_enc.transformer_encoder.layers.{i}"
+            x = _ln(s, f"{p}.norm1", x + _mha(s, f"{p}.self_attn", x, x, forbidden, 8))
+            x = _ln(s, f"{p}.norm2", x + _ffn(s, p, x))
+        x = x.view(t, 8, 14, 256).permute(0, 3, 1, 2)
+        expected = _unet_decoder(s, "decoder", skips, x, 4).softmax(1)
+        torch.testing.assert_close(net(rgbs, mask, tokens), expected, rtol=1e-4, atol=1e-5)
+
+
+def _slot_mha(state, prefix, x, memory, forbidden, heads=8):
+    dim = x.shape[-1]
+    q = F.linear(x, state[f"{prefix}.in_proj_weight"][:dim], state[f"{prefix}.in_proj_bias"][:dim])
+    kv = F.linear(memory, state[f"{prefix}.in_proj_weight"][dim:], state[f"{prefix}.in_proj_bias"][dim:])
+    k, v = kv.chunk(2, -1)
+
+    def split(t):
+        return t.view(t.shape[0], -1, heads, dim // heads).transpose(1, 2)
+
+    scores = (split(q) @ split(k).transpose(-2, -1) / (dim // heads) ** 0.5).masked_fill(forbidden[None, None], -1e9)
+    weights = scores.softmax(-2)
+    weights = weights / weights.sum(-1, keepdim=True)
+    out = (weights @ split(v)).transpose(1, 2).reshape(x.shape)
+    return F.linear(out, state[f"{prefix}.out_proj.weight"], state[f"{prefix}.out_proj.bias"])
+
+
+def _linear(state, prefix, x):
+    return F.linear(x, state[f"{prefix}.weight"], state[f"{prefix}.bias"])
+
+
+@pytest.mark.slow
+def test_corrector_matches_a_plain_restatement_of_the_spec():
+    torch.manual_seed(6)
+    net = corrector.MaskCorrector().eval()
+    s = net.state_dict()
+    t, n, h, w, c = 7, 2, 16, 28, 384
+    rgbs, tokens = torch.randn(t, 3, 128, 224), torch.randn(t, h, w, c)
+    masks = (torch.rand(t, 3, 128, 224) > 0.6).float()
+    frames = torch.tensor([5, 6, 7, 8, 9, 10, 11])
+    ex_tokens, ex_masks = torch.randn(3, n, h, w, c), (torch.rand(3, n, 128, 224) > 0.5).float()
+    ex_scores, ex_frames = torch.rand(3, n), torch.tensor([[0, 6], [6, 11], [2, 3]])
+    with torch.inference_mode():
+        got = net(rgbs, masks, tokens, frames, ex_tokens, ex_masks, ex_scores, ex_frames)
+
+        enc = "rgbmaskenc.encoder_rgbmask"
+        first = torch.cat([_block(rgbs, s, f"{enc}.encoder1_rgb"), _block(masks, s, f"{enc}.encoder1_mask")], 1)
+        skips = [_block(first, s, f"{enc}.encoder1")]
+        for level in (2, 3):
+            skips.append(_block(F.max_pool2d(skips[-1], 2), s, f"{enc}.encoder{level}"))
+        # object queries: nearest-downsampled masks, masked means, score-weighted mean
+        small = F.interpolate(ex_masks, size=(h, w), mode="nearest")[..., None]
+        per = (small * ex_tokens).sum((2, 3)) / (small.sum((2, 3)) + 1e-12)
+        objects = (per * ex_scores[..., None]).sum(1) / (ex_scores.sum(1)[:, None] + 1e-12)
+        # exemplar keys
+        space = torch.from_numpy(
+            np.stack(np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij"), -1).astype(np.float32)
+        )
+        info = _linear(
+            s, "rgbmaskenc.encoder_queryinfo.proj", torch.from_numpy(np.linspace(-1, 1, 7).astype(np.float32))[:3, None]
+        )
+        overlay = (F.interpolate(ex_masks, size=(h, w), mode="bilinear") > 0.5).float()[..., None]
+        keys_ex = ex_tokens + _linear(s, "rgbmaskenc.encoder_posi.proj", space) + overlay * info[:, None, None, None]
+        # queries and target keys
+        td = "rgbglobalcorrector.transdec"
+        slots = torch.cat([objects, s[f"{td}.slots_embedding.weight"]])[:, None].repeat(1, t, 1)  # 7 qq x 7 t
+        qt = np.stack(np.meshgrid(np.linspace(-1, 1, 7), np.linspace(-1, 1, t), indexing="ij"), -1).astype(np.float32)
+        x = (slots + _linear(s, f"{td}.encoder_querytime.proj", torch.from_numpy(qt))).reshape(1, 49, c)
+        keys = tokens + _linear(s, f"{td}.encoder_positime.proj", _spacetime_grid(t, h, w))
+        flat_keys = keys.reshape(1, t * h * w, c)
+        query_t = torch.arange(49) % 7
+        time_mask = query_t[:, None] == torch.arange(t).repeat_interleave(h * w)[None]
+        cross_mask = frames[query_t][:, None] == ex_frames.reshape(-1).repeat_interleave(h * w)[None]
+        for i in range(3):
+            p = f"{td}.transformer_decoder.layers.{i}"
+            x = _ln(s, f"{p}.norm1", x + _mha(s, f"{p}.self_attn", x, x, None, 8))
+            x = _ln(s, f"{p}.norm2", x + _slot_mha(s, f"{p}.multihead_attn", x, flat_keys, time_mask))
+            x = _ln(s, f"{p}.norm3", x + _ffn(s, p, x))
+            x = _ln(s, f"{p}.norm4", x + _slot_mha(s, f"{p}.multihead_attn2", x, keys_ex.reshape(1, -1, c), cross_mask))
+            hidden = F.relu(_linear(s, f"{p}.linear2_1", x))
+            x = _ln(s, f"{p}.norm5", x + _linear(s, f"{p}.linear2_2", hidden))
+        dec = x.view(7, t, 8, 48)[:3].permute(2, 0, 1, 3)  # g q t d
+        kk = keys.view(t, h, w, 8, 48).permute(3, 0, 1, 2, 4)  # g t h w d
+        maps = (dec[:, :, :, None, None, :] * kk[:, None]).sum(-1).permute(1, 2, 3, 4, 0)  # q t h w g
+        maps = F.relu(_linear(s, f"{td}.heatmap.mlp.0", maps))
+        mixed = _linear(s, "rgbmaskdec.mlp_mix", maps.permute(1, 2, 3, 0, 4).reshape(t, h, w, 3 * 512))
+        expected = _unet_decoder(s, "rgbmaskdec.decoder_m", skips, mixed.permute(0, 3, 1, 2), 3)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
