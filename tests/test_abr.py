@@ -242,6 +242,11 @@ def test_associate_follows_the_best_overlap():
     a[:, 2, :2, 2:] = True
     b = a[:, [1, 2, 0]]  # current channel 0 is previous id 1, ...
     assert oclr.associate(a, b) == [1, 2, 0]
+    empty = torch.zeros_like(a)
+    assert oclr.associate(empty, empty) == [0, 1, 2]
+    one = empty.clone()
+    one[:, 2] = a[:, 0]
+    assert oclr.associate(one, one[:, [2, 1, 0]]) == [2, 1, 0]
 
 
 # --------------------------------------------------------------------------------------------------------------

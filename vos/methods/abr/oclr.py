@@ -32,6 +32,7 @@ CHUNK = 30  # frames per OCLR pass, as trained and as the release evaluates
 # Frames two consecutive chunks share when a clip is longer than one chunk: the release has none (it aligns chunks
 # with the ground truth), we need some to carry object ids from chunk to chunk.
 CHUNK_OVERLAP = 5
+TIE_BREAK = 1e-6  # IoU bonus for keeping a channel's index when the shared frames do not decide
 WIDTH = 32  # UNet features at full resolution
 DIM = WIDTH * 16  # 512
 HEADS = 8
@@ -116,13 +117,15 @@ def chunk_frames(num_frames: int) -> list[list[int]]:
 def associate(previous: Tensor, current: Tensor) -> list[int]:
     """Which id each of ``current``'s channels takes: (n, K, H, W) bool masks of the same n frames, the ids already
     given (``previous``) and a new chunk's. Maximises the summed IoU (over the n frames pooled) with the Hungarian
-    method; ``result[k]`` is the previous channel that current channel k continues."""
+    method (ties keep the channel's index); ``result[k]`` is the previous channel that current channel k
+    continues."""
     prev = previous.flatten(2).transpose(0, 1).flatten(1).float()  # (K, n*H*W)
     cur = current.flatten(2).transpose(0, 1).flatten(1).float()
     inter = cur @ prev.T  # (K current, K previous)
     union = cur.sum(1, keepdim=True) + prev.sum(1)[None] - inter
     iou = (inter / union.clamp_min(1)).cpu().numpy()
-    rows, cols = linear_sum_assignment(-iou)
+    # Without evidence (objects absent from the shared frames) a channel keeps its own index.
+    rows, cols = linear_sum_assignment(-(iou + TIE_BREAK * np.eye(len(iou))))
     assignment = [0] * len(rows)
     for row, col in zip(rows, cols, strict=True):
         assignment[int(row)] = int(col)
