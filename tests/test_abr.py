@@ -43,6 +43,18 @@ def test_every_variant_declares_the_six_parts_with_manifest_rows():
     assert vweights.entry("backbone.dino_vits8").hub_repo == "timm/vit_small_patch8_224.dino"
 
 
+def test_info_records_the_papers_figures_and_the_flow_options():
+    info = abr.INFO
+    assert info.task == "unsup" and info.processing == "offline" and info.default_variant == "davis17m"
+    assert any(r.metrics.get("J&F") == 66.2 and r.dataset.startswith("DAVIS-2017") for r in info.reported)
+    assert any(r.metrics.get("J&F") == 65.2 and r.dataset.startswith("YouTube") for r in info.reported)
+    assert any(r.metrics == {"J": 81.1} and r.dataset == "DAVIS-2016 val" for r in info.reported)
+    assert any(r.fps is not None and abs(1 / r.fps - 0.098) < 0.001 for r in info.reported)
+    assert info.resolve_options({})["flow"] == "reduced"
+    assert info.resolve_options({"flow": "full", "gap": "3"}) == {"flow": "full", "gap": 3}
+    assert info.resolution.describe("davis17m") == "128x224 (fixed)"
+
+
 # The releases' conv-block layer prefixes, by the block's attribute name.
 _BLOCK_LABELS = {"encoder1_rgb": "enc1_r", "encoder1_mask": "enc1_m", "bottleneck": "bottleneck"}
 
