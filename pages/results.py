@@ -172,7 +172,8 @@ def live_html(records: Sequence[MethodRecord], total_frames: int) -> str:
         done = r.frames_done if r.status != runner.PENDING else 0
         fraction = 1.0 if r.status == runner.OK else (done / total_frames if total_frames else 0.0)
         if r.status == runner.RUNNING and r.frames_done == 0:
-            detail = "loading weights…" if r.load_s is None else "starting…"
+            # Before frame 0 the method's own stages ("flow 12/80") say how far it got.
+            detail = "loading weights…" if r.load_s is None else (r.stage or "starting…")
         elif r.status in (runner.RUNNING, runner.OK):
             detail = f"{done}/{total_frames} frames"
             if r.fps:

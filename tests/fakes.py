@@ -64,12 +64,10 @@ class CopyFirstMask(Method):
     def _build(self) -> None:
         self.net = torch.nn.Linear(2, 2).to(self.device)
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         for index, _frame in enumerate(clip.frames()):
             time.sleep(self.options["delay"])
             yield np.roll(first_mask, self.options["shift"] * index, axis=1)
-            if progress:
-                progress(index + 1, clip.num_frames)
 
 
 @register
@@ -81,7 +79,7 @@ class FailsAtFrame(Method):
     def _build(self) -> None:
         pass
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         for index, _frame in enumerate(clip.frames()):
             if index == self.options["at"]:
                 raise RuntimeError("synthetic failure")
@@ -97,7 +95,7 @@ class RunsOutOfMemory(Method):
     def _build(self) -> None:
         pass
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         yield first_mask
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
@@ -111,7 +109,7 @@ class Allocates(Method):
     def _build(self) -> None:
         pass
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         block = np.ones(self.options["mib"] * 2**20, np.uint8)  # ones, so the pages are really touched
         for _frame in clip.frames():
             yield first_mask
@@ -127,7 +125,7 @@ class ShuffledSegments(Method):
     def _build(self) -> None:
         pass
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         ids = [int(i) for i in np.unique(first_mask) if i]
         segments = np.zeros_like(first_mask)
         for rank, obj in enumerate(ids):

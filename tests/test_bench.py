@@ -14,7 +14,7 @@ import tests.fakes  # noqa: F401 -- registers the fake_* methods in this process
 from vos import bench
 from vos.__main__ import main
 from vos.errors import VosError
-from vos.methods import SEMI, MethodInfo, Option, Paper, Reported, UnknownMethod, available
+from vos.methods import SEMI, MethodInfo, Option, Paper, Reported, Resolution, UnknownMethod, available
 
 # --------------------------------------------------------------------------------------------------------------
 # What to measure
@@ -36,19 +36,43 @@ def test_parse_resolutions():
             bench.parse_resolutions(bad)
 
 
-def _info(options: tuple[Option, ...] = (), reported: tuple[Reported, ...] = (), key: str = "m") -> MethodInfo:
+def _info(
+    options: tuple[Option, ...] = (),
+    reported: tuple[Reported, ...] = (),
+    key: str = "m",
+    resolution: Resolution | None = None,
+) -> MethodInfo:
     paper = Paper("P", "A", "V", 2024, "https://example.org")
-    return MethodInfo(key, key.upper(), SEMI, "s", ("a", "b"), "a", paper, "r", "MIT", reported, options)
+    return MethodInfo(
+        key,
+        key.upper(),
+        SEMI,
+        "s",
+        ("a", "b"),
+        "a",
+        paper,
+        "r",
+        "MIT",
+        reported,
+        options,
+        resolution=resolution or Resolution.as_given(),
+    )
 
 
-def test_size_option_follows_the_resolution_unless_set():
-    int_size = _info((Option("size", int, 0, "short side"),))
-    assert bench.size_option(int_size, {}, (360, 640)) == {"size": 360}
-    assert bench.size_option(int_size, {}, (102, 182)) == {"size": 104}  # a multiple of 8
-    assert bench.size_option(int_size, {"size": 240}, (360, 640)) == {"size": 240}
-    tuple_size = _info((Option("size", tuple, (320, 480), "H x W"),))
-    assert bench.size_option(tuple_size, {"x": 1}, (240, 426)) == {"x": 1, "size": (240, 424)}
-    assert bench.size_option(_info(), {}, (240, 426)) == {}
+def test_size_option_follows_the_declared_resolution_unless_set():
+    short = _info(
+        (Option("size", int, None, "short side"),), resolution=Resolution.short_side(480, multiple=8, option="size")
+    )
+    assert bench.size_option(short, {}, (360, 640)) == {"size": 360}
+    assert bench.size_option(short, {}, (102, 182)) == {"size": 104}  # a multiple of 8
+    assert bench.size_option(short, {"size": 240}, (360, 640)) == {"size": 240}
+    fixed = _info(
+        (Option("size", tuple, None, "H x W"),), resolution=Resolution.fixed((320, 480), multiple=8, option="size")
+    )
+    assert bench.size_option(fixed, {"x": 1}, (240, 426)) == {"x": 1, "size": (240, 424)}
+    assert bench.size_option(_info(), {}, (240, 426)) == {}  # computes at the frame's own size
+    not_settable = _info(resolution=Resolution.fixed((128, 224)))
+    assert bench.size_option(not_settable, {}, (240, 426)) == {}
 
 
 def test_parse_methods_takes_variants_and_options():

@@ -175,7 +175,7 @@ class _Ranged(Method):
     def _build(self) -> None:
         pass
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         for _frame in clip.frames():
             yield first_mask
 

@@ -407,8 +407,8 @@ def test_rgb_variant_tracks_two_moving_shapes():
         "mixture", variant="rgb", weights="random", device="cpu", size=96, num_models=4, crf_iters=10, max_iters=30
     )
     seen = []
-    outputs = list(method.segment(clip, remap[clip_data.masks[0]], progress=lambda i, n: seen.append((i, n))))
-    assert seen[-1] == (30, 30) and len(outputs) == 30
+    outputs = list(method.segment(clip, remap[clip_data.masks[0]], progress=seen.append))
+    assert (seen[-1].stage, seen[-1].done, seen[-1].total) == ("frame", 30, 30) and len(outputs) == 30
     assert all(o.shape == (96, 128) and o.dtype == np.uint8 for o in outputs)
     assert set(np.unique(outputs[5])) <= {0, 3, 7}
     ious = [_iou(o, remap[t], k) for o, t in zip(outputs[1:], clip_data.masks[1:]) for k in (3, 7)]

@@ -159,7 +159,7 @@ class _WrongOutput(Method):
     def _build(self) -> None:
         pass
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         for index, _frame in enumerate(clip.frames()):
             if index == 1 and self.options["kind"] == "size":
                 yield first_mask[:-1]
@@ -179,7 +179,7 @@ class _NoWeights(Method):
     def _build(self) -> None:
         raise _unavailable(fetchable=True)
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         raise AssertionError("never reached")
 
 

@@ -242,8 +242,10 @@ def test_propagation_tracks_moving_shapes_with_a_colour_feature(random_tvos, mon
     masks = [ids[m] for m in data.masks]
     monkeypatch.setattr(random_tvos, "embed", _colour_feature)
     calls = []
-    outputs = list(random_tvos.segment(Clip.from_frames(data.frames), masks[0], lambda i, n: calls.append((i, n))))
-    assert len(outputs) == 30 and calls == [(i + 1, 30) for i in range(30)]
+    outputs = list(random_tvos.segment(Clip.from_frames(data.frames), masks[0], calls.append))
+    assert len(outputs) == 30 and [(c.stage, c.done, c.total) for c in calls] == [
+        ("frame", i + 1, 30) for i in range(30)
+    ]
     assert np.array_equal(outputs[0], masks[0])
     assert all(o.dtype == np.uint8 and o.shape == (192, 256) for o in outputs)
     assert set(np.unique(np.concatenate(outputs))) <= {0, 1, 3, 7}

@@ -144,17 +144,16 @@ class WeightsTestMethod(Method):
         },
     )
 
-    def _build(self) -> None:
-        self.encoder = Encoder()
-        self.load_part("encoder", self.encoder)
-        if self.variant == "two":
-            self.decoder = Decoder()
-            self.load_part("decoder", self.decoder)
-        if self.variant == "bb":
-            self.backbone = Tiny()
-            self.load_part("backbone", self.backbone)
+    @classmethod
+    def build_part(cls, part, variant, options):
+        return {"encoder": Encoder, "decoder": Decoder, "backbone": Tiny}[part]()
 
-    def _segment(self, clip, first_mask, progress):
+    def _build(self) -> None:
+        self.encoder = self.nets["encoder"]
+        self.decoder = self.nets.get("decoder")
+        self.backbone = self.nets.get("backbone")
+
+    def _segment(self, clip, first_mask):
         yield first_mask
 
 

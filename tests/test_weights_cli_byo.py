@@ -32,7 +32,7 @@ class _LocalWeights(Method):
             record = {"part": "net", "file": "fake", "source": "local", "path": str(path), "converted": False}
             self.weights_records.append({**record, "sha256": sha256_file(path)})
 
-    def _segment(self, clip, first_mask, progress):
+    def _segment(self, clip, first_mask):
         for _frame in clip.frames():
             yield first_mask
 

@@ -69,8 +69,10 @@ FORMAT_VERSION = 1
 ROOT = Path(__file__).resolve().parents[1]
 STORED_DIR = ROOT / "assets" / "bench"
 ASPECT = 16 / 9
-SIZE_OPTION = "size"  # the option through which a method takes its working resolution
 SIZE_MULTIPLE = 8
+# How a point's fps is counted: online methods in the steady state (frames 1..N-1, after the first frame's set-up);
+# offline methods do their work before frame 0, so over the whole clip (frames / total time).
+STEADY, TOTAL = "steady", "total"
 
 # Point statuses; the first four are the runner's words for the same outcomes.
 OK, FAILED, OOM, NO_WEIGHTS = "ok", "failed", "out_of_memory", "weights_missing"
@@ -106,10 +108,6 @@ def frame_size(short_side: int) -> tuple[int, int]:
 
 def _even(value: float) -> int:
     return max(2, 2 * round(value / 2))
-
-
-def _multiple(value: float, of: int = SIZE_MULTIPLE) -> int:
-    return max(of, of * round(value / of))
 
 
 def parse_resolutions(text: str | Sequence[int]) -> list[int]:
@@ -164,16 +162,13 @@ def parse_methods(methods: str | Sequence[str] = "all", options: Sequence[str] =
 
 
 def size_option(info: MethodInfo, options: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
-    """``options`` plus the method's working resolution for a frame of ``size``, unless the user set it."""
-    declared = {opt.name: opt for opt in info.options}
-    if SIZE_OPTION not in declared or SIZE_OPTION in options:
+    """``options`` plus what puts the method at the resolution of a frame of ``size`` (its declared
+    ``Resolution``), unless the user set that option."""
+    rule = info.resolution
+    value = rule.override_for(size)
+    if value is None or rule.option in options:
         return dict(options)
-    kind = declared[SIZE_OPTION].type
-    if kind is int:
-        return {**options, SIZE_OPTION: _multiple(min(size))}
-    if kind is tuple:
-        return {**options, SIZE_OPTION: (_multiple(size[0]), _multiple(size[1]))}
-    return dict(options)
+    return {**options, rule.option: value}
 
 
 @dataclass
@@ -218,8 +213,9 @@ class Point:
     load_s: float | None = None
     first_frame_s: float | None = None  # the first pass (cold); later passes in first_frame_runs
     first_frame_runs: list[float] = field(default_factory=list)
-    fps: float | None = None  # steady state: frames 1..N-1, median over the passes
+    fps: float | None = None  # median over the passes, counted as fps_basis says
     fps_runs: list[float] = field(default_factory=list)
+    fps_basis: str = STEADY  # STEADY (frames 1..N-1; online methods) or TOTAL (all frames; offline methods)
     frames_done: int = 0
     peak_memory_mib: float | None = None
     memory_kind: str | None = None  # cpu_rss (VmHWM or sampled) or cuda_allocated
@@ -299,12 +295,13 @@ def measure_point(task: Task, status_path: Path | None = None) -> dict[str, Any]
     from vos.synthetic import moving_shapes
     from vos.video import Clip
 
-    status = _StatusFile(status_path, {"phase": "starting", "frames_done": 0, "status": OK})
+    cls = getattr(importlib.import_module(task.module), task.qualname)
+    basis = TOTAL if cls.info.offline else STEADY
+    status = _StatusFile(status_path, {"phase": "starting", "frames_done": 0, "status": OK, "fps_basis": basis})
     torch_device = vdevice.pick_device(task.device)
     if torch_device.type == "cuda" and task.gpu_memory_cap_mib:
         total = torch.cuda.get_device_properties(torch_device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, task.gpu_memory_cap_mib * 2**20 / total), torch_device)
-    cls = getattr(importlib.import_module(task.module), task.qualname)
     synthetic = moving_shapes(task.frames, tuple(task.size), task.objects)
     clip = Clip.from_frames(synthetic.frames, name=f"moving shapes {task.size[0]}x{task.size[1]}")
     first_mask = synthetic.masks[0]
@@ -335,9 +332,9 @@ def measure_point(task: Task, status_path: Path | None = None) -> dict[str, Any]
                 if len(times) != clip.num_frames:
                     raise VosError(f"{cls.info.title} returned {len(times)} of {clip.num_frames} frames.")
                 first_frame_runs.append(round(times[0], 4))
-                steady = times[1:]
-                if steady:
-                    fps_runs.append(round(len(steady) / sum(steady), 4))
+                counted = times if cls.info.offline else times[1:]
+                if counted and sum(counted) > 0:
+                    fps_runs.append(round(len(counted) / sum(counted), 4))
                 status.write(first_frame_runs=first_frame_runs, fps_runs=fps_runs)
     except Exception as err:  # noqa: BLE001 -- a point records any failure; the sweep goes on
         error = err
@@ -972,8 +969,9 @@ def _series(results: dict[str, Any]) -> dict[str, list[Point]]:
     return grouped
 
 
-def _title(what: str, results: dict[str, Any]) -> str:
-    return _with_subtitle(what, [results["hardware"]["label"], describe_settings(results) + busy_note(results)])
+def _title(what: str, results: dict[str, Any], *notes: str) -> str:
+    lines = [results["hardware"]["label"], describe_settings(results) + busy_note(results), *notes]
+    return _with_subtitle(what, lines)
 
 
 def _with_subtitle(title: str, lines: Sequence[str]) -> str:
@@ -1023,9 +1021,10 @@ def _hover(point: Point) -> str:
     if point.baseline_memory_mib is not None:
         lines.append(f"before building the method: {point.baseline_memory_mib:,.0f} MiB")
     if point.fps is not None:
-        lines.append(f"steady fps: {point.fps:.3g}")
+        counted = "over the whole clip (offline method)" if point.fps_basis == TOTAL else "steady state"
+        lines.append(f"fps: {point.fps:.3g} ({counted})")
     if point.first_frame_s is not None:
-        lines.append(f"first frame: {point.first_frame_s:.3g} s")
+        lines.append(f"first frame: {point.first_frame_s:.3g} s (time to the first label map)")
     if point.load_s is not None:
         lines.append(f"load: {point.load_s:.3g} s")
     return "<br>".join(lines)
@@ -1142,7 +1141,9 @@ def _capacity_mib(results: dict[str, Any]) -> float | None:
 
 
 def fps_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
-    """Steady-state frames per second versus resolution; failures marked below the slowest point."""
+    """Frames per second versus resolution; failures marked below the slowest point. Online methods are charted
+    in the steady state (after frame 0), offline ones over the whole clip (their work comes before frame 0);
+    the subtitle says so."""
     import plotly.graph_objects as go
 
     grouped = _series(results)
@@ -1164,9 +1165,14 @@ def fps_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
             hoverinfo="text",
         )
         _failure_markers(fig, points, colours[name], name, lambda p: bottom, nudge=nudges[name])
-    fig.update_yaxes(title="frames per second (steady state, after frame 0)", type="log" if log_y else "linear")
+    fig.update_yaxes(title="frames per second", type="log" if log_y else "linear")
     _resolution_axis(fig, results)
-    _layout(fig, _title("Speed vs resolution", results))
+    bases = {p.fps_basis for pts in grouped.values() for p in pts if p.fps}
+    counted = {
+        frozenset({STEADY}): "steady state, after frame 0",
+        frozenset({TOTAL}): "over the whole clip",
+    }.get(frozenset(bases), "online methods: steady state after frame 0; offline methods: over the whole clip")
+    _layout(fig, _title("Speed vs resolution", results, f"fps {counted}"))
     return fig
 
 

@@ -216,6 +216,7 @@ class MethodRecord:
     error: str | None = None
     hint: str | None = None  # what to do about the error
     frames_done: int = 0
+    stage: str | None = None  # the latest progress the method reported, e.g. "flow 12/80"
     load_s: float | None = None
     first_frame_s: float | None = None
     segment_s: float | None = None
@@ -344,6 +345,7 @@ class RunEvents:
 
     on_start: Callable[[MethodRecord], None] | None = None
     on_frame: Callable[[MethodRecord, int, int], None] | None = None  # record, frames done, total
+    on_progress: Callable[[MethodRecord, mbase.Progress], None] | None = None  # every stage a method reports
     on_finish: Callable[[MethodRecord], None] | None = None
 
 
@@ -495,7 +497,7 @@ def _run_one(
                 spec, record, clip, first_mask, partial_dir, torch_device, dtype, weights, matcher, bar, events, cancel
             )
         record.status = OK
-    except _Cancelled:
+    except mbase.Stopped:
         record.status = CANCELLED
     except Exception as err:  # noqa: BLE001 -- isolation: any method failure is recorded, the run goes on
         _explain(err, record)
@@ -525,10 +527,6 @@ def _run_one(
     log.info("%s: %s %s", record.key, record.status, record.error or record.status_line())
 
 
-class _Cancelled(Exception):
-    pass
-
-
 _DONE = object()  # what next() returns when a method's generator ends
 
 
@@ -554,9 +552,17 @@ def _segment_into(
     record.config = method.config()
     vdevice.synchronize(torch_device)
     record.load_s = time.perf_counter() - start
+
+    def show(progress: mbase.Progress) -> None:
+        record.stage = str(progress)
+        if progress.stage != mbase.FRAME_STAGE:  # frames move the bar itself; a stage is shown beside it
+            bar.set_postfix_str(str(progress), refresh=True)
+        if events.on_progress:
+            events.on_progress(record, progress)
+
     # Only the time spent inside the method counts towards first_frame_s, segment_s and fps: matching segments
     # and writing PNGs is the runner's work, the same for every method.
-    frames = method.segment(clip, first_mask)
+    frames = method.segment(clip, first_mask, progress=show, stop=cancel)
     compute = 0.0
     try:
         for index in itertools.count():
@@ -574,8 +580,6 @@ def _segment_into(
             bar.update(1)
             if events.on_frame:
                 events.on_frame(record, index + 1, clip.num_frames)
-            if cancel is not None and cancel.is_set():
-                raise _Cancelled
     finally:
         frames.close()  # a method's per-clip state (and device memory) goes now, also on failure or cancel
     tick = time.perf_counter()

@@ -955,21 +955,14 @@ def _describe_part(method: str, variant: str, part: str, file_id: str) -> str:
     return f"{method}:{variant} part {part!r} ({file_id})"
 
 
-class _PartBuilt(Exception):
-    """Stops a probe build once the wanted network exists (nothing after it in ``_build`` needs to run)."""
-
-    def __init__(self, layout: Shapes):
-        self.layout = layout
-        super().__init__("part built")
-
-
 def network_layout(
     file_id: str, *, method: str | None = None, variant: str | None = None, part: str | None = None
 ) -> tuple[Shapes, str]:
-    """Key names and shapes of the network that loads ``file_id`` and its description, from the method's own
-    ``_build`` run on the meta device (no memory, no weights): the first of ``method``/``variant``/``part`` (or any
+    """Key names and shapes of the network that loads ``file_id`` and its description, built by the method's own
+    ``build_part`` on the meta device (no memory, no weights): the first of ``method``/``variant``/``part`` (or any
     registered method) whose parts name the file."""
-    from vos.methods import available, method_class
+    from vos.methods import available
+    from vos.methods.base import part_layout
 
     users = [
         (info.key, v, p)
@@ -987,22 +980,7 @@ def network_layout(
             "nothing was written."
         )
     key, chosen_variant, chosen_part = users[0]
-    cls = method_class(key)
-    probe = cls.__new__(cls)
-
-    def capture(name: str, module: torch.nn.Module) -> None:
-        if name == chosen_part:
-            raise _PartBuilt(shapes(module.state_dict()))
-
-    probe.load_part = capture  # an instance attribute: the probe alone loads nothing
-    try:
-        with torch.device("meta"):
-            cls.__init__(probe, chosen_variant, device=torch.device("meta"), weights="random")
-    except _PartBuilt as built:
-        return built.layout, _describe_part(key, chosen_variant, chosen_part, file_id)
-    raise ConversionError(
-        f"{key}:{chosen_variant} declares part {chosen_part!r} ({file_id}) but its build never loads it."
-    )
+    return part_layout(key, chosen_variant, chosen_part), _describe_part(key, chosen_variant, chosen_part, file_id)
 
 
 def resolve(method: str, variant: str | None = None) -> dict[str, Path]:
@@ -1021,17 +999,14 @@ def resolve(method: str, variant: str | None = None) -> dict[str, Path]:
 # Loading into a network (the Method.load_part path)
 
 
-def _method_parts(method: str, variant: str) -> dict[str, str]:
-    from vos.methods import get_info
-
-    return get_info(method).parts(variant)
-
-
-def load_into(module: torch.nn.Module, method: str, variant: str, part: str, spec: str) -> dict[str, Any]:
-    """Resolve the file for ``method``/``variant``/``part`` from ``spec`` (hub, a path, a folder, hf://...), convert
-    it if it is an official release file, load it strictly into ``module`` and return a provenance record
-    ``{"part", "file", "source", "path", "sha256", "converted"}``."""
-    parts = _method_parts(method, variant)
+def load_into(
+    module: torch.nn.Module, spec: str, *, method: str, variant: str, part: str, parts: Mapping[str, str]
+) -> dict[str, Any]:
+    """Resolve the file of ``part`` (one of ``parts``, the variant's {part: file id}) from ``spec`` (hub, a path, a
+    folder, hf://...), convert it if it is an official release file, load it strictly into ``module`` and return a
+    provenance record ``{"part", "file", "source", "path", "sha256", "converted"}``. ``method`` and ``variant``
+    only name the target in messages."""
+    parts = dict(parts)
     if part not in parts:
         raise ValueError(f"{method}:{variant} declares no weights part {part!r} (declared: {', '.join(parts)}).")
     file_id = parts[part]

@@ -1,6 +1,8 @@
 """VOS methods behind one interface: ``available()``, ``create(key, ...)``, ``Method.segment(clip, mask)``."""
 
 from vos.methods.base import (
+    OFFLINE,
+    ONLINE,
     SEMI,
     UNSUP,
     Method,
@@ -9,8 +11,11 @@ from vos.methods.base import (
     Option,
     OptionError,
     Paper,
+    Progress,
     PromptError,
     Reported,
+    Resolution,
+    Stopped,
     UnknownMethod,
     available,
     create,
@@ -22,6 +27,8 @@ from vos.methods.base import (
 )
 
 __all__ = [
+    "OFFLINE",
+    "ONLINE",
     "SEMI",
     "UNSUP",
     "Method",
@@ -30,8 +37,11 @@ __all__ = [
     "Option",
     "OptionError",
     "Paper",
+    "Progress",
     "PromptError",
     "Reported",
+    "Resolution",
+    "Stopped",
     "UnknownMethod",
     "available",
     "create",

@@ -15,7 +15,7 @@ import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -30,9 +30,34 @@ log = logging.getLogger(__name__)
 
 SEMI = "semi"
 UNSUP = "unsup"
+# How a method consumes the clip: ONLINE gives frame t's label map having read frames 0..t (one in, one out);
+# OFFLINE computes over the whole clip (flow of every pair, clustering over key frames) before frame 0's comes.
+ONLINE = "online"
+OFFLINE = "offline"
 
-ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(frames_done, frames_total)`` after each frame."""
+FRAME_STAGE = "frame"  # the stage the base class reports after each label map
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running method is: a named stage (``"flow"``, ``"frame"``) and ``done`` of ``total`` steps in it."""
+
+    stage: str
+    done: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.stage} {self.done}/{self.total}"
+
+
+ProgressCallback = Callable[[Progress], None]
+"""Called with each ``Progress`` a running method reports (its own stages, then "frame k/N" per label map)."""
+
+
+class StopFlag(Protocol):
+    """What ``segment(..., stop=...)`` polls: a ``threading.Event`` fits."""
+
+    def is_set(self) -> bool: ...
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -63,6 +88,14 @@ class MethodOutputError(VosError, ValueError):
 
 class PromptError(VosError, ValueError):
     """The first-frame label map does not fit the clip (shape, dtype, empty)."""
+
+
+class Stopped(VosError):
+    """The user asked a running method to stop; raised inside it at its next report or check."""
+
+    def __init__(self, progress: Progress | None = None):
+        self.progress = progress
+        super().__init__(f"Stopped at {progress}." if progress else "Stopped.")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -204,6 +237,93 @@ class Reported:
     note: str = ""
 
 
+AS_GIVEN, SHORT_SIDE, FIXED = "as_given", "short_side", "fixed"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How a method's working (compute) size follows from the user's working resolution: one declaration that
+    the method, the app, the CLI and the benchmark all read.
+
+    The user chooses a working resolution as a long-side limit (the app's control, ``--max-side``); the clip then
+    yields frames at ``clip.work_size``. Rules:
+
+    - ``as_given``: compute at ``clip.work_size`` (methods that take any size).
+    - ``short_side``: the release rescales every clip to a short side of ``value`` pixels.
+    - ``fixed``: the release computes at ``value`` = (H, W) whatever the clip.
+
+    For the last two the release's rule is the default; when the user asked for a smaller working resolution
+    than the clip's own, the method follows it down (never up): the short side becomes at most the working
+    size's, a fixed size is scaled to fit within it. ``option`` names the method option (default None) that
+    sets the size outright (a short side, or HxW), which is also how the benchmark puts a method at the
+    resolution on its axis. ``value`` may be a mapping ``{variant: value}`` where variants differ.
+    """
+
+    rule: str = AS_GIVEN
+    value: int | tuple[int, int] | dict[str, Any] | None = None
+    multiple: int = 1
+    option: str | None = None
+
+    @classmethod
+    def as_given(cls) -> Resolution:
+        return cls()
+
+    @classmethod
+    def short_side(cls, value: int | dict[str, int], *, multiple: int = 1, option: str | None = None) -> Resolution:
+        return cls(SHORT_SIDE, value, multiple, option)
+
+    @classmethod
+    def fixed(
+        cls, value: tuple[int, int] | dict[str, tuple[int, int]], *, multiple: int = 1, option: str | None = None
+    ) -> Resolution:
+        return cls(FIXED, value, multiple, option)
+
+    def release_value(self, variant: str) -> Any:
+        return self.value.get(variant) if isinstance(self.value, dict) else self.value
+
+    def working_size(
+        self, native: tuple[int, int], given: tuple[int, int], variant: str, override: Any = None
+    ) -> tuple[int, int]:
+        """(H, W) to compute at for a clip of ``native`` size that the user asked to run at ``given``."""
+        if self.rule == AS_GIVEN:
+            return tuple(given)
+        user_shrank = tuple(given) != tuple(native)
+        if self.rule == SHORT_SIDE:
+            short = override if override is not None else self.release_value(variant)
+            if override is None and user_shrank:
+                short = min(short, min(given))
+            short = max(self.multiple, short // self.multiple * self.multiple)
+            h, w = given
+            long = max(self.multiple, round(short * max(h, w) / min(h, w)) // self.multiple * self.multiple)
+            return (long, short) if h > w else (short, long)
+        size = tuple(override if override is not None else self.release_value(variant))
+        if override is None and user_shrank and max(size) > max(given):
+            scale = max(given) / max(size)
+            size = tuple(max(self.multiple, int(side * scale) // self.multiple * self.multiple) for side in size)
+        return size
+
+    def override_for(self, size: tuple[int, int]) -> Any:
+        """The ``option`` value that makes the method compute at ``size`` (the benchmark's axis); None where the
+        method computes at the size it is given or its size cannot be set."""
+        if self.option is None or self.rule == AS_GIVEN:
+            return None
+        if self.rule == SHORT_SIDE:
+            return _multiple_of(min(size), self.multiple)
+        return (_multiple_of(size[0], self.multiple), _multiple_of(size[1], self.multiple))
+
+    def describe(self, variant: str) -> str:
+        """In words, for listings: "as given", "short side 480", "320x480"."""
+        value = self.release_value(variant)
+        if self.rule == AS_GIVEN:
+            return "the working resolution as given"
+        text = f"short side {value} px" if self.rule == SHORT_SIDE else f"{value[0]}x{value[1]}"
+        return text + (f" (option {self.option})" if self.option else " (fixed)")
+
+
+def _multiple_of(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     key: str
@@ -219,6 +339,18 @@ class MethodInfo:
     options: tuple[Option, ...] = ()
     # Weights needed per variant: {variant: {part: manifest file id}}. A variant with no entry needs no weights.
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
+    processing: str = ONLINE
+    resolution: Resolution = field(default_factory=Resolution)
+
+    def __post_init__(self) -> None:
+        if self.processing not in (ONLINE, OFFLINE):
+            raise ValueError(f"{self.key}: processing must be {ONLINE!r} or {OFFLINE!r}, got {self.processing!r}")
+        if self.resolution.option is not None and self.resolution.option not in {o.name for o in self.options}:
+            raise ValueError(f"{self.key}: the resolution option {self.resolution.option!r} is not declared")
+
+    @property
+    def offline(self) -> bool:
+        return self.processing == OFFLINE
 
     def option(self, name: str) -> Option:
         for opt in self.options:
@@ -256,8 +388,11 @@ class MethodInfo:
 class Method(ABC):
     """One VOS method with its networks loaded, ready to segment any number of clips.
 
-    Subclasses set ``info`` and implement ``_build`` (make networks, load weights through ``load_part``) and
-    ``_segment`` (the per-frame pipeline of the method's spec).
+    A subclass sets ``info``; declares its networks as parts (``info.weights[variant] = {part: file id}``) and
+    builds each with ``build_part`` (random weights, no device: the base class builds it on ``self.device``, or on
+    the meta device to read its layout, and loads the weights strictly); sets up the rest in ``_build`` (the loaded
+    networks are in ``self.nets``); and streams label maps from ``_segment``, reporting its stages with
+    ``self.report(stage, done, total)``, which also ends the work when the caller asked to stop.
     """
 
     info: ClassVar[MethodInfo]
@@ -271,6 +406,8 @@ class Method(ABC):
         dtype: str | None = None,
         **options: Any,
     ):
+        import torch
+
         from vos import device as vdevice
 
         self.variant = self.info.check_variant(variant)
@@ -279,47 +416,95 @@ class Method(ABC):
         self.weights = str(weights)
         self.options: dict[str, Any] = self.info.resolve_options(options)
         self.weights_records: list[dict[str, Any]] = []
+        self.nets: dict[str, torch.nn.Module] = {}
+        self._progress: ProgressCallback | None = None
+        self._stop: StopFlag | None = None
+        self._last: Progress | None = None
+        for part in self.info.parts(self.variant):
+            with torch.device(self.device):
+                module = self.build_part(part, self.variant, self.options)
+            self._load_part(part, module)
+            self.nets[part] = module.to(self.device).eval()
         self._build()
 
     # ---- for subclasses
-    @abstractmethod
-    def _build(self) -> None:
-        """Create the networks on ``self.device`` and load their weights (``self.load_part``)."""
+    @classmethod
+    def build_part(cls, part: str, variant: str, options: dict[str, Any]) -> torch.nn.Module:
+        """The network of ``part`` with random weights, in the official parameter layout (no device: the caller
+        picks it with ``torch.device``). Methods with parts override this."""
+        raise NotImplementedError(f"{cls.info.key} declares part {part!r} but does not build it")
+
+    def _build(self) -> None:  # noqa: B027 -- optional: many methods need nothing beyond their parts
+        """Set up what the method needs beyond its parts (``self.nets`` is loaded when this runs)."""
 
     @abstractmethod
-    def _segment(self, clip: Clip, first_mask: np.ndarray, progress: ProgressCallback | None) -> Iterator[np.ndarray]:
+    def _segment(self, clip: Clip, first_mask: np.ndarray) -> Iterator[np.ndarray]:
         """Yield one uint8 label map of shape ``clip.size`` per frame, frame 0 included."""
 
-    def load_part(self, part: str, module: torch.nn.Module) -> None:
-        """Load the weights of ``part`` (a key of ``info.weights[variant]``) into ``module``, strictly.
+    def report(self, stage: str, done: int, total: int) -> None:
+        """Tell the caller how far the method got (``"flow", 12, 80``); raises ``Stopped`` if it asked to stop."""
+        self._last = Progress(stage, done, total)
+        if self._progress is not None:
+            self._progress(self._last)
+        self.check_stop()
 
-        ``weights="random"`` leaves the module's initialisation as it is.
-        """
+    def check_stop(self) -> None:
+        """Raise ``Stopped`` when the caller asked to stop; call it inside long loops that do not report."""
+        if self._stop is not None and self._stop.is_set():
+            raise Stopped(self._last)
+
+    def working_size(self, clip: Clip) -> tuple[int, int]:
+        """(H, W) this method computes at for ``clip``: ``info.resolution``'s rule, its option and the user's
+        working resolution (``clip.work_size``)."""
+        rule = self.info.resolution
+        override = self.options.get(rule.option) if rule.option else None
+        return rule.working_size(clip.size, clip.work_size, self.variant, override)
+
+    def _load_part(self, part: str, module: torch.nn.Module) -> None:
+        """Load the weights of ``part`` into ``module``, strictly; ``weights="random"`` keeps the initialisation."""
         from vos import weights as vweights
 
         if vweights.spec_kind(self.weights) == vweights.RANDOM:
             self.weights_records.append({"part": part, "source": "random"})
             return
-        record = vweights.load_into(module, self.info.key, self.variant, part, self.weights)
+        record = vweights.load_into(
+            module,
+            self.weights,
+            method=self.info.key,
+            variant=self.variant,
+            part=part,
+            parts=self.info.parts(self.variant),
+        )
         self.weights_records.append(record)
 
     # ---- public
     def segment(
-        self, clip: Clip, first_mask: np.ndarray, progress: ProgressCallback | None = None
+        self,
+        clip: Clip,
+        first_mask: np.ndarray,
+        progress: ProgressCallback | None = None,
+        stop: StopFlag | None = None,
     ) -> Iterator[np.ndarray]:
         """Stream one label map per frame (uint8, ``clip.size``, 0 = background).
 
         Semi-supervised methods follow the objects of ``first_mask``; unsupervised ones ignore it and return
-        their own segment ids (the runner matches them to the prompted objects).
+        their own segment ids (the runner matches them to the prompted objects). ``progress`` receives each
+        ``Progress``; when ``stop`` is set the method raises ``Stopped`` at its next report, or between frames.
         """
         first_mask = check_first_mask(first_mask, clip.size) if self.info.task == SEMI else first_mask
-        frames = self._segment(clip, first_mask, progress)
+        self._progress, self._stop, self._last = progress, stop, None
+        frames = self._segment(clip, first_mask)
         try:
             for index, label_map in enumerate(frames):
                 check_label_map(label_map, clip.size, self.info.title, index)
+                self._last = Progress(FRAME_STAGE, index + 1, clip.num_frames)
+                if self._progress is not None:
+                    self._progress(self._last)
                 yield label_map
+                self.check_stop()  # after the frame is out: a stop keeps every finished frame
         finally:
             frames.close()  # the method's per-clip state goes now, also when the caller stops early
+            self._progress = self._stop = None
 
     def config(self) -> dict[str, Any]:
         """What ran: enough to rebuild this method (run.json provenance)."""
@@ -332,6 +517,20 @@ class Method(ABC):
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+
+
+def part_layout(key: str, variant: str, part: str) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of a method's part, built on the meta device (no memory, no weights)."""
+    import torch
+
+    cls = method_class(key)
+    info = cls.info
+    variant = info.check_variant(variant)
+    if part not in info.parts(variant):
+        raise ValueError(f"{key}:{variant} declares no part {part!r} (declared: {', '.join(info.parts(variant))}).")
+    with torch.device("meta"):
+        module = cls.build_part(part, variant, info.resolve_options({}))
+    return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
 
 
 def _jsonable(value: Any) -> Any:

@@ -51,7 +51,6 @@ from vos.methods.base import (
     Option,
     OptionError,
     Paper,
-    ProgressCallback,
     Reported,
     register,
 )
@@ -360,6 +359,10 @@ class History:
 class TransductiveVOS(Method):
     info = INFO
 
+    @classmethod
+    def build_part(cls, part: str, variant: str, options: dict[str, Any]) -> nn.Module:
+        return TransductiveEmbedding()
+
     def _build(self) -> None:
         window = self.options["window"]
         if window < ALL_PREVIOUS_UNTIL:
@@ -373,9 +376,7 @@ class TransductiveVOS(Method):
             raise OptionError(
                 f"tvos: chunk_size must be 0 (whole frame) or positive, got {self.options['chunk_size']}."
             )
-        self.net = TransductiveEmbedding().to(self.device)
-        self.load_part("embedding", self.net)
-        self.net.eval()
+        self.net = self.nets["embedding"]
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
 
@@ -388,7 +389,7 @@ class TransductiveVOS(Method):
         return self.net(((image - self._mean) / self._std).unsqueeze(0))[0]
 
     @torch.inference_mode()
-    def _segment(self, clip: Clip, first_mask: np.ndarray, progress: ProgressCallback | None) -> Iterator[np.ndarray]:
+    def _segment(self, clip: Clip, first_mask: np.ndarray) -> Iterator[np.ndarray]:
         opts = self.options
         ids = np.unique(first_mask)
         ids = ids[ids > 0]
@@ -436,8 +437,6 @@ class TransductiveVOS(Method):
                 upsampled = F.interpolate(maps, size=clip.size, mode="bilinear", align_corners=False)
                 output = to_id[upsampled[0].argmax(dim=0).cpu().numpy()]
             history.trim(still_referenced(t, total, opts["window"]))
-            if progress is not None:
-                progress(t + 1, total)
             yield output
 
 

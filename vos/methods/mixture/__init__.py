@@ -57,6 +57,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ from PIL import Image
 
 from vos import device as vdevice
 from vos.backbones import xcit
-from vos.methods.base import SEMI, Method, MethodInfo, Option, Paper, ProgressCallback, Reported, register
+from vos.methods.base import SEMI, Method, MethodInfo, Option, Paper, Reported, Resolution, register
 from vos.methods.mixture import vmf
 from vos.methods.mixture.crf import PacCrf
 from vos.methods.mixture.features import Geometry, RgbFeatures, XcitFeatures, build_dinov2, resize_frame
@@ -181,7 +182,13 @@ INFO = MethodInfo(
         Option("crf_noise", float, 10.0, "Std of the image noise added at each CRF training step (0-255 scale)."),
         Option("feature_layer", int, -1, "XCiT block whose patch tokens are the features (0-11, -1 = last)."),
         Option("feature_norm", bool, True, "Apply XCiT's final LayerNorm to those tokens."),
-        Option("size", int, 0, "Processing short side in pixels (0 = the variant's: 480, rgb 240); a multiple of 8."),
+        Option(
+            "size",
+            int,
+            None,
+            "Processing short side in pixels (default: the variant's, 480, rgb 240, or less when a lower working "
+            "resolution is chosen); a multiple of 8.",
+        ),
         Option(
             "chunk_size",
             int,
@@ -197,6 +204,7 @@ INFO = MethodInfo(
         "xcit_dinov2_s": {"xcit": "backbone.dino_xcit_small_12_p8", "dinov2": "backbone.dinov2_vits14"},
         "xcit_dinov2_b": {"xcit": "backbone.dino_xcit_small_12_p8", "dinov2": "backbone.dinov2_vitb14"},
     },
+    resolution=Resolution.short_side({name: cfg.short for name, cfg in VARIANTS.items()}, multiple=8, option="size"),
 )
 
 
@@ -257,6 +265,12 @@ def give_small_objects_a_cell(grid: np.ndarray, squashed: np.ndarray, objects: l
 class MixtureVOS(Method):
     info = INFO
 
+    @classmethod
+    def build_part(cls, part: str, variant: str, options: dict[str, Any]) -> torch.nn.Module:
+        if part == "xcit":
+            return xcit.build_xcit_small_12_p8()
+        return build_dinov2(VARIANTS[variant].dinov2)
+
     def _build(self) -> None:
         cfg = VARIANTS[self.variant]
         opts = self.options
@@ -266,25 +280,19 @@ class MixtureVOS(Method):
                 opts["rgb_dim"], bandwidth=opts["rgb_bandwidth"], norm=opts["rgb_norm"], device=self.device
             )
             return
-        backbone = xcit.build_xcit_small_12_p8().to(self.device)
-        self.load_part("xcit", backbone)
-        dinov2 = None
-        if cfg.dinov2 is not None:
-            dinov2 = build_dinov2(cfg.dinov2, self.device)
-            self.load_part("dinov2", dinov2)
         self.features = XcitFeatures(
-            backbone,
+            self.nets["xcit"],
             layer=opts["feature_layer"],
             norm=opts["feature_norm"],
-            dinov2=dinov2,
+            dinov2=self.nets.get("dinov2"),
             autocast=lambda: vdevice.autocast(self.device, self.dtype),
         )
 
-    def _segment(self, clip, first_mask: np.ndarray, progress: ProgressCallback | None) -> Iterator[np.ndarray]:
+    def _segment(self, clip, first_mask: np.ndarray) -> Iterator[np.ndarray]:
         ids = np.unique(first_mask)
         lut = np.concatenate([[0], ids[ids != 0]]).astype(np.uint8)
         labels = np.searchsorted(lut, first_mask).astype(np.uint8)
-        short = self.options["size"] or self.cfg.short
+        short = min(self.working_size(clip))
         geometry = Geometry.for_frame(clip.work_size, short, self.cfg.multiple)
         session: _Session | None = None
         for t, frame in enumerate(clip.frames()):
@@ -294,8 +302,6 @@ class MixtureVOS(Method):
                     session = _Session(self, labels, geometry, clip.size, frame)
                 output = session.step(t, frame)
             yield lut[output]
-            if progress is not None:
-                progress(t + 1, clip.num_frames)
 
 
 class _Session:
@@ -304,6 +310,7 @@ class _Session:
     def __init__(self, method: MixtureVOS, labels: np.ndarray, geometry: Geometry, out_size, frame0: np.ndarray):
         opts = method.options
         self.opts = opts
+        self.report = method.report
         self.device = device = method.device
         self.features = method.features
         self.geometry = geometry
@@ -364,7 +371,9 @@ class _Session:
         # Initial fit: greedy centres on the frame-0 ground truth, EM to tolerance, first save at tau = 1.
         for _ in self.fitted_idx.tolist():
             vmf.draw_init_parameters(self.generator, self.num_models, k_max, dim)
+        self.report("features of frame 0", 0, 1)
         raw = self.features(frame0, geometry)
+        self.report("features of frame 0", 1, 1)
         self.frame0_raw = raw
         fit = self.vectors(raw, self.fit_weight)
         cells = self.grid_gt.flatten()[None] == torch.arange(num_objects, device=device)[:, None]
@@ -380,6 +389,7 @@ class _Session:
         )
         self.mixtures = vmf.initial_mixtures(centres, active, self.n_features)
         self.history = vmf.History.empty(num_objects, self.num_models, k_max, dim, self.n_features, device)
+        self.report("fitting the mixtures", 0, 1)
         stats, sums = vmf.em(
             self.mixtures,
             f,
@@ -391,6 +401,7 @@ class _Session:
             block_elements=self.budget,
         )
         self.history.save(f, stats, sums, 1.0, self.step_size)
+        self.report("fitting the mixtures", 1, 1)
 
     def vectors(self, raw: torch.Tensor, pe_weight: float) -> torch.Tensor:
         """L2norm([f, w rho]) per cell."""
@@ -497,6 +508,7 @@ class _Session:
                     iterations=self.crf_iters,
                     lr=self.opts["crf_lr"],
                     noise=self.opts["crf_noise"],
+                    on_step=lambda done, total: self.report(f"training CRF {which + 1} of 2", done, total),
                 )
             if losses:
                 log.debug("mixture: CRF %d loss %.4f -> %.4f", which, losses[0], losses[-1])

@@ -108,10 +108,10 @@ class XcitFeatures:
         return _cells(up)
 
 
-def build_dinov2(size: str, device: torch.device) -> torch.nn.Module:
+def build_dinov2(size: str) -> torch.nn.Module:
     """timm's DINOv2 ViT-S/14 or B/14 (LVD-142M layout, 518 px position table, resampled to any input)."""
     model = timm.create_model(DINOV2_ARCHS[size], pretrained=False, num_classes=0, dynamic_img_size=True)
-    return model.to(device).eval()
+    return model.eval()
 
 
 def dinov2_patch_features(model: torch.nn.Module, frame: np.ndarray, device: torch.device) -> torch.Tensor:
