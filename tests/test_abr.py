@@ -205,12 +205,14 @@ def test_modal_masks_put_the_lowest_depth_score_in_front():
     assert not (modal[0] & modal[1]).any() and not (modal[0] & modal[2]).any()
 
 
-def test_chunks_pad_short_clips_and_overlap_long_ones():
+def test_chunks_are_the_releases_and_bridges_straddle_their_boundaries():
     assert oclr.chunk_frames(12) == [list(range(12)) + [11] * 18]
     assert oclr.chunk_frames(30) == [list(range(30))]
-    long = oclr.chunk_frames(61)
-    assert [c[0] for c in long] == [0, 25, 31] and all(len(c) == 30 for c in long) and long[-1][-1] == 60
-    assert all(len(set(a) & set(b)) >= oclr.CHUNK_OVERLAP for a, b in zip(long, long[1:]))
+    assert oclr.chunk_frames(60) == [list(range(30)), list(range(30, 60))]
+    long = oclr.chunk_frames(71)
+    assert [c[0] for c in long] == [0, 30, 41] and all(len(c) == 30 for c in long)
+    assert oclr.bridge_frames(30, 71) == list(range(15, 45))
+    assert oclr.bridge_frames(30, 40) == list(range(10, 40))  # kept inside the clip
 
 
 class _ChunkSwapper(torch.nn.Module):
@@ -243,7 +245,8 @@ def test_chunk_association_keeps_ids_across_an_object_swap():
     fake = _ChunkSwapper(truth)
     reports = []
     masks = oclr.propose(fake, flows, report=lambda d, n: reports.append((d, n)))
-    assert fake.calls == 3 and reports[-1] == (3, 3)
+    # chunks 0-29, 30-59, 40-69; a bridge (15-44) before the second, none before the third (20 shared frames)
+    assert fake.calls == 4 and reports[-1] == (3, 3)
     assert torch.equal(masks, truth)
 
 

@@ -12,9 +12,11 @@ DINO ViT-S/8 features) -> label maps (``pipeline.py``). The networks run at 128x
 
 What differs from the release:
 - Object ids across OCLR chunks. The release's evaluation permutes each 30-frame chunk's channels to the ground
-  truth (an oracle). Here a clip of up to 30 frames is one chunk (the release's result exactly); a longer clip is
-  cut into chunks overlapping by 5 frames, and each chunk's channels take the ids of the previous chunks by the
-  Hungarian matching of their IoU on the shared frames (``oclr.chunk_frames``, ``oclr.associate``).
+  truth (an oracle). Here the chunks are the release's (so every frame's proposals are the release's up to each
+  chunk's channel order, and a clip of up to 30 frames gives exactly the release's result), and each chunk takes
+  the ids already given by the Hungarian matching of IoU on frames two OCLR passes share: the final chunk
+  overlaps its predecessor; elsewhere an extra pass centred on the boundary is aligned first and bridges the two
+  (``oclr.propose``). That costs about one more OCLR pass per 30 frames.
 - Flow resolution (option ``flow``): ``full`` is the release's path (RAFT at the frame's resolution);
   ``reduced`` (default) runs RAFT at 256x448, about 10x cheaper at 480p, for a nearly identical OCLR input.
 - Memory: attention runs through ``scaled_dot_product_attention`` with a boolean mask, 2048 query rows at a

@@ -13,7 +13,7 @@ checkpoint except the conv blocks' inner names (``vos.methods.abr.convert_offici
 - ``decoder_am``: UNet decoder with the encoder's skips -> 3 amodal logits at 128x224.
 - ``classhead``: max over time of each query's decoder outputs -> MLP 512 -> 512 -> 1: the depth score.
 
-Clips are cut into 30-frame chunks as the release does; see ``chunk_frames`` for what happens past 30 frames.
+Clips are cut into 30-frame chunks as the release does; ``propose`` carries object ids from chunk to chunk.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from vos.nn import DecoderLayer, EncoderLayer, GridEmbed, Layers, UNetDecoder, U
 
 NUM_QUERIES = 3
 CHUNK = 30  # frames per OCLR pass, as trained and as the release evaluates
-# Frames two consecutive chunks share when a clip is longer than one chunk: the release has none (it aligns chunks
-# with the ground truth), we need some to carry object ids from chunk to chunk.
+# Fewest frames a chunk must share with the frames already written to take its ids from them directly; the
+# release's chunks share none (its evaluation aligns them to the ground truth), so most need a bridging pass.
 CHUNK_OVERLAP = 5
 TIE_BREAK = 1e-6  # IoU bonus for keeping a channel's index when the shared frames do not decide
 WIDTH = 32  # UNet features at full resolution
@@ -102,16 +102,22 @@ def modal_masks(amodal_logits: Tensor, order: Tensor) -> Tensor:
 
 
 def chunk_frames(num_frames: int) -> list[list[int]]:
-    """The frame indices of each OCLR pass, in the order they are run (a later chunk's masks overwrite).
-
-    Up to 30 frames: one chunk, padded with copies of the last frame, exactly as the release (whose evaluation then
-    writes the last real frame from chunk position 29: the last write wins). Longer clips: chunks start every
-    30 - 5 frames so neighbours share 5 frames to associate object ids on; the last chunk is the final 30 frames.
-    """
+    """The frame indices of each OCLR pass as the release cuts a clip, in the order they run (a later chunk's
+    masks overwrite): non-overlapping 30-frame chunks from frame 0, then the final 30 frames when 30 does not
+    divide the clip; a clip of up to 30 frames is one chunk padded with copies of its last frame (the release's
+    evaluation then writes the last real frame from chunk position 29: the last write wins)."""
     if num_frames <= CHUNK:
         return [list(range(num_frames)) + [num_frames - 1] * (CHUNK - num_frames)]
-    starts = list(range(0, num_frames - CHUNK, CHUNK - CHUNK_OVERLAP)) + [num_frames - CHUNK]
+    starts = list(range(0, num_frames - CHUNK + 1, CHUNK))
+    if num_frames % CHUNK:
+        starts.append(num_frames - CHUNK)
     return [list(range(start, start + CHUNK)) for start in starts]
+
+
+def bridge_frames(start: int, num_frames: int) -> list[int]:
+    """A 30-frame pass centred on the boundary before ``start``, run only to carry ids across it."""
+    first = min(max(start - CHUNK // 2, 0), num_frames - CHUNK)
+    return list(range(first, first + CHUNK))
 
 
 def associate(previous: Tensor, current: Tensor) -> list[int]:
@@ -133,26 +139,40 @@ def associate(previous: Tensor, current: Tensor) -> list[int]:
 
 
 def propose(oclr: OclrFlow, flows: Tensor, report: Callable[[int, int], None] | None = None) -> Tensor:
-    """(T, 4, 128, 224) flows -> (T, 3, 128, 224) bool modal masks, ids kept across chunks."""
+    """(T, 4, 128, 224) flows -> (T, 3, 128, 224) bool modal masks, ids kept across chunks.
+
+    Every frame's masks come from the release's chunks (``chunk_frames``), so they are the release's up to each
+    chunk's channel order. Where a chunk shares fewer than 5 frames with what is written, an extra pass centred on
+    the boundary (``bridge_frames``; its masks are not kept) is first aligned to the written frames, and the chunk
+    to it: ids always travel by IoU on frames two passes share.
+    """
     num_frames = flows.shape[0]
     chunks = chunk_frames(num_frames)
-    masks: Tensor | None = None
+    masks = torch.zeros((num_frames, NUM_QUERIES, *flows.shape[-2:]), dtype=torch.bool, device=flows.device)
     written = np.zeros(num_frames, dtype=bool)
-    for index, frames in enumerate(chunks):
-        amodal, order = oclr(flows[frames])
-        modal = modal_masks(amodal, order)
-        if masks is None:
-            masks = torch.zeros((num_frames, *modal.shape[1:]), dtype=torch.bool, device=modal.device)
-        unique = sorted(set(frames))
-        shared = [f for f in unique if written[f]]
+
+    def aligned(frames: list[int], reference: Tensor, known: np.ndarray) -> Tensor:
+        """The pass over ``frames`` with its channels in the ids of ``reference`` (masks of the ``known`` frames)."""
+        modal = modal_masks(*oclr(flows[frames]))
+        shared = sorted({f for f in frames if known[f]})
         if shared:
             position = {f: i for i, f in enumerate(frames)}
-            assignment = associate(masks[shared], modal[[position[f] for f in shared]])
-            modal = modal[:, np.argsort(assignment).tolist()]  # id j now holds the chunk channel assigned to j
+            assignment = associate(reference[shared], modal[[position[f] for f in shared]])
+            modal = modal[:, np.argsort(assignment).tolist()]  # id j now holds the channel assigned to j
+        return modal
+
+    for index, frames in enumerate(chunks):
+        reference, known = masks, written
+        if index and len({f for f in frames if written[f]}) < CHUNK_OVERLAP:
+            bridge = bridge_frames(frames[0], num_frames)
+            reference = torch.zeros_like(masks)
+            reference[bridge] = aligned(bridge, masks, written)
+            known = np.zeros(num_frames, dtype=bool)
+            known[bridge] = True
+        modal = aligned(frames, reference, known)
         for position, frame in enumerate(frames):  # the last write wins, as in the release
             masks[frame] = modal[position]
-        written[unique] = True
+        written[frames] = True
         if report is not None:
             report(index + 1, len(chunks))
-    assert masks is not None
     return masks
