@@ -106,6 +106,8 @@ def compute_flows(
     forward, backward = flow_pairs(num_frames, gap)
     pairs = forward + backward
     results: list[np.ndarray] = []
+    if report is not None:
+        report(0, len(pairs))  # the stage shows (and a stop lands) before the first, slowest batch
     for start in range(0, len(pairs), PAIRS_PER_BATCH):
         batch = pairs[start : start + PAIRS_PER_BATCH]
         first = torch.stack([images[a] for a, _ in batch]).to(device)
