@@ -21,8 +21,9 @@ What differs from the release:
   ``reduced`` (default) runs RAFT at 256x448, about 10x cheaper at 480p, for a nearly identical OCLR input.
 - Memory: attention runs through ``scaled_dot_product_attention`` with a boolean mask, 2048 query rows at a
   time (``vos.nn.attend``), so the selector's (112 T)^2 scores per layer are never held whole. Measured on CPU
-  with random weights: the selector over a 100-frame clip peaks at 2.6 GB resident, where the release needs more
-  than 30 GB (spec). T is neither capped nor chunked: the selector still scores every frame against all others.
+  with random weights: the selector over a 100-frame clip peaks at 2.6 GB resident, the whole refinement (DINO,
+  selector, corrector) of 100 frames of 480x854 at 3.3 GB, where the release needs more than
+  30 GB (spec). T is neither capped nor chunked: the selector still scores every frame against all others.
 - Clips shorter than 10 frames keep every frame as an exemplar (the release raises).
 - Not implemented: the per-sequence test-time adaptation (~200 fine-tuning iterations per clip, +<1 J at 20x the
   time) and the CRF post-processing (its parameters are not published); the released models are evaluated
