@@ -148,7 +148,7 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--repo", required=True, help="OWNER/NAME")
     push.add_argument("--private", action="store_true")
     push.add_argument("what", nargs="*", default=["all"])
-    p.set_defaults(module="vos.weights", function="command_weights")
+    p.set_defaults(module="vos.catalog", function="command_weights")
 
 
 def _add_methods(sub: argparse._SubParsersAction) -> None:
