@@ -12,7 +12,7 @@ import pickle
 import re
 import struct
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,19 +98,37 @@ def _load_reason(path: Path, err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def unwrap_state_dict(obj: Any) -> StateDict:
-    """The tensors of a checkpoint: nested 'state_dict' / 'model_state_dict' / 'model' wrappers opened, a 'module.'
-    prefix (DataParallel) stripped, everything that is not a tensor (optimizer state, epochs, arguments) dropped."""
+def unwrap_state_dict(
+    obj: Any,
+    *,
+    wrappers: Sequence[str] = WRAPPER_KEYS,
+    prefixes: Sequence[str] = ("module.",),
+    every_key: bool = False,
+) -> StateDict:
+    """The tensors of a checkpoint: nested ``wrappers`` (by default 'state_dict' / 'model_state_dict' / 'model')
+    opened, ``prefixes`` stripped, everything that is not a tensor (optimizer state, epochs, arguments) dropped.
+
+    By default a prefix goes only when every key has it (DataParallel's 'module.'): a network whose own names begin
+    with it keeps them. With ``every_key`` each prefix, in order, goes from every key that starts with it (a DINO
+    release names its backbone 'module.backbone.*' beside a 'module.head.*' it does not share)."""
     while isinstance(obj, Mapping):
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        inner = next((obj[k] for k in wrappers if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
         obj = inner
     if not isinstance(obj, Mapping):
         raise ConversionError(f"Expected a state dict (a mapping of names to tensors), got {type(obj).__name__}.")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if tensors and all(k.startswith("module.") for k in tensors):
-        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    if every_key:
+        stripped = {}
+        for key, value in tensors.items():
+            for prefix in prefixes:
+                key = key.removeprefix(prefix)
+            stripped[key] = value
+        return stripped
+    for prefix in prefixes:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
     return tensors
 
 
