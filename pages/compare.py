@@ -26,10 +26,10 @@ from pages import GPU_QUEUE, gpu_task, on_zero_gpu, user_errors, weights_state
 from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
-from vos import runner
+from vos import specs as vspecs
 from vos.device import pick_device
 from vos.methods import UNSUP, MethodInfo, Option, OptionError, available
-from vos.runner import MethodSpec
+from vos.specs import MethodSpec
 from vos.video import Limits
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def method_weights(info: MethodInfo, typed: str | None, uploads: list[str] | str
     if files:
         return str(_gather(files, folder / "weights", info.key))
     typed = (typed or "").strip()
-    return runner.check_weights_spec(typed, shown=f"Checkpoint {typed} for {info.title}") if typed else None
+    return vspecs.check_weights_spec(typed, shown=f"Checkpoint {typed} for {info.title}") if typed else None
 
 
 def gather_ground_truth(files: list[str] | str | None, folder: Path) -> str | None:
@@ -1004,7 +1004,7 @@ class ComparePage:
         pr.save_prompt(session)
         split = [s.strip() for s in (variants or "").split(",") if s.strip()]
         opts = [s.strip() for s in (options or "").split(",") if s.strip()]
-        specs, default_weights = runner.parse_method_specs(
+        specs, default_weights = vspecs.parse_method_specs(
             methods or "all", variants=split, options=opts, weights=[weights or "hub"]
         )
         pick_device(device or "auto")

@@ -23,7 +23,8 @@ from vos import masks as vmasks
 from vos import runner
 from vos.methods import UNSUP, get_info
 from vos.present import Bundle, load_bundle
-from vos.runner import MethodRecord, MethodSpec
+from vos.runner import MethodRecord
+from vos.specs import MethodSpec
 from vos.video import Clip, resize_frame
 
 DISPLAY_SIDE = 640  # tiles are sent to the browser at most this long: they are shown a third of a page wide

@@ -7,7 +7,8 @@ import pytest
 import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import present
 from vos.__main__ import main
-from vos.runner import MethodSpec, run_methods
+from vos.runner import run_methods
+from vos.specs import MethodSpec
 from vos.synthetic import moving_shapes
 from vos.video import open_clip, write_mp4
 

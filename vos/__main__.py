@@ -154,7 +154,7 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
 def _add_methods(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("methods", help="list every method with its variants and options")
     p.add_argument("key", nargs="?", help="show one method in full")
-    p.set_defaults(module="vos.runner", function="command_methods")
+    p.set_defaults(module="vos.methods.listing", function="command_methods")
 
 
 def _add_present(sub: argparse._SubParsersAction) -> None:

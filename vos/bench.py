@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -538,24 +537,11 @@ def _tail(path: Path, limit: int = 600) -> str:
 # A sweep
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (platform.processor() is often empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def hardware(device: str) -> dict[str, Any]:
     """The machine, as the results file and the charts' titles name it."""
-    from vos.runner import hardware_info
+    from vos import device as vdevice
 
-    info = hardware_info()
-    info["cpu"] = cpu_model()
+    info = vdevice.machine_info()
     info["device"] = device
     info["label"] = hardware_label(info)
     return info
