@@ -317,7 +317,7 @@ def test_benchmark_page_builds_and_shows_stored_results(tmp_path, monkeypatch):
 
     store = tmp_path / "bench"
     bench.write_results(_results(SWEEP), store / "cpu-test-cpu-2c.json")
-    monkeypatch.setattr(bench, "STORED_DIR", store)
+    monkeypatch.setattr(bench.results, "STORED_DIR", store)
     with gr.Blocks():
         built = page.build()
     assert built.selector.value == str(store / "cpu-test-cpu-2c.json")
@@ -331,7 +331,7 @@ def test_benchmark_page_builds_and_shows_stored_results(tmp_path, monkeypatch):
 def test_measure_here_runs_the_cli_sweep(tmp_path, monkeypatch):
     from pages import benchmark as page
 
-    monkeypatch.setattr(bench, "STORED_DIR", tmp_path)
+    monkeypatch.setattr(bench.results, "STORED_DIR", tmp_path)
     monkeypatch.setattr(page, "_MEASURED_DIR", tmp_path / "measured")
     updates = list(page.measure_job(["fake_copy:default"], [32], 2, 120, "cpu", "random", True, [], "token"))
     status, selector, measured, memory, fps, accuracy, table, details = updates[-1]
