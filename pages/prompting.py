@@ -12,6 +12,7 @@ edited, emptied or removed after it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from PIL import Image
 
 from vos import masks as vmasks
 from vos import prompts as vprompts
+from vos.methods.base import PromptError
 from vos.video import Clip, Limits, open_clip
 
 log = logging.getLogger(__name__)
@@ -302,6 +304,27 @@ def drop_uploaded_mask(session: PromptSession) -> PromptSession:
 
 # --------------------------------------------------------------------------------------------------------------
 # Marks -> label map, preview
+
+
+def objects_from_json(text: str | None) -> list[MarkedObject]:
+    """The API's objects, ``[{"clicks": [[x, y, 1], [x, y, 0]], "boxes": [[x0, y0, x1, y1]]}, ...]`` in first-frame
+    pixels (1 = include, 0 = exclude; a click without the flag includes), as marked objects."""
+    try:
+        objects = json.loads(text or "[]")
+    except json.JSONDecodeError as err:
+        raise PromptError(f"objects must be JSON: {err}") from None
+    if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
+        raise PromptError('objects must be a JSON list of {"clicks": [...], "boxes": [...]} objects.')
+    marked = []
+    for number, item in enumerate(objects, 1):
+        clicks, boxes = item.get("clicks", []), item.get("boxes", [])
+        if not all(isinstance(c, list) and len(c) in (2, 3) for c in clicks):
+            raise PromptError(f"object {number}: each click is [x, y] or [x, y, 1 (include) or 0 (exclude)].")
+        if not all(isinstance(b, list) and len(b) == 4 for b in boxes):
+            raise PromptError(f"object {number}: each box is [x0, y0, x1, y1].")
+        marks = [Mark(INCLUDE if (c[2] if len(c) > 2 else 1) else EXCLUDE, (c[0], c[1])) for c in clicks]
+        marked.append(MarkedObject(marks + [Mark(BOX, tuple(b)) for b in boxes]))
+    return marked
 
 
 def _object_prompt(obj: MarkedObject) -> vprompts.ObjectPrompt:

@@ -433,12 +433,3 @@ def downloads(view: RunView, dest: Path) -> Downloads:
         masks = zip_folder(masks_dir, folder / f"{clip}_masks.zip", root=f"{run}_masks")
     bundle = zip_folder(view.path, folder / f"{clip}_run.zip", root=run)
     return Downloads(view.bundle.video, masks, bundle)
-
-
-def human_size(path: Path) -> str:
-    size = path.stat().st_size
-    for unit in ("B", "KB", "MB"):
-        if size < 1024 or unit == "MB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"

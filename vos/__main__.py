@@ -182,15 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        try:
-            command = getattr(importlib.import_module(args.module), args.function, None)
-        except ModuleNotFoundError as err:
-            if err.name != args.module:
-                raise
-            command = None
-        if command is None:
-            print(f"`python -m vos {args.command}` is not yet available.", file=sys.stderr)
-            return 2
+        command = getattr(importlib.import_module(args.module), args.function)
         return int(command(args) or 0)
     except VosError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -209,11 +209,8 @@ def sha256_file(path: str | Path) -> str:
         return blob
     key = stat_key(path)
     if key not in _sha_memo:
-        digest = hashlib.sha256()
         with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _sha_memo[key] = digest.hexdigest()
+            _sha_memo[key] = hashlib.file_digest(handle, "sha256").hexdigest()
     return _sha_memo[key]
 
 
