@@ -315,6 +315,7 @@ class _Session:
     def __init__(self, method: MixtureVOS, labels: np.ndarray, geometry: Geometry, out_size, frame0: np.ndarray):
         opts = method.options
         self.opts = opts
+        self.report = method.report
         self.device = device = method.device
         self.features = method.features
         self.geometry = geometry
@@ -375,7 +376,9 @@ class _Session:
         # Initial fit: greedy centres on the frame-0 ground truth, EM to tolerance, first save at tau = 1.
         for _ in self.fitted_idx.tolist():
             vmf.draw_init_parameters(self.generator, self.num_models, k_max, dim)
+        self.report("features of frame 0", 0, 1)
         raw = self.features(frame0, geometry)
+        self.report("features of frame 0", 1, 1)
         self.frame0_raw = raw
         fit = self.vectors(raw, self.fit_weight)
         cells = self.grid_gt.flatten()[None] == torch.arange(num_objects, device=device)[:, None]
@@ -391,6 +394,7 @@ class _Session:
         )
         self.mixtures = vmf.initial_mixtures(centres, active, self.n_features)
         self.history = vmf.History.empty(num_objects, self.num_models, k_max, dim, self.n_features, device)
+        self.report("fitting the mixtures", 0, 1)
         stats, sums = vmf.em(
             self.mixtures,
             f,
@@ -402,6 +406,7 @@ class _Session:
             block_elements=self.budget,
         )
         self.history.save(f, stats, sums, 1.0, self.step_size)
+        self.report("fitting the mixtures", 1, 1)
 
     def vectors(self, raw: torch.Tensor, pe_weight: float) -> torch.Tensor:
         """L2norm([f, w rho]) per cell."""
@@ -508,6 +513,7 @@ class _Session:
                     iterations=self.crf_iters,
                     lr=self.opts["crf_lr"],
                     noise=self.opts["crf_noise"],
+                    on_step=lambda done, total: self.report(f"training CRF {which + 1} of 2", done, total),
                 )
             if losses:
                 log.debug("mixture: CRF %d loss %.4f -> %.4f", which, losses[0], losses[-1])

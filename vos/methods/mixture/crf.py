@@ -17,6 +17,8 @@ directly, with the same random draws in the same order at construction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -122,12 +124,14 @@ class PacCrf(nn.Module):
         iterations: int = 100,
         lr: float = 0.02,
         noise: float = 10.0,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> list[float]:
         """Frame-0 training: Adam (amsgrad) on the dual focal loss against ``target`` (H, W) labels, fresh
-        N(0, noise^2) image noise each step (drawn on the CPU generator, clipped to 0..255). Returns the losses."""
+        N(0, noise^2) image noise each step (drawn on the CPU generator, clipped to 0..255). Returns the losses.
+        ``on_step(done, iterations)`` is called after each step (progress; it may raise to stop)."""
         optimiser = torch.optim.Adam(self.parameters(), lr=lr, amsgrad=True)
         losses = []
-        for _ in range(iterations):
+        for step in range(iterations):
             jitter = torch.randn(image.shape, generator=generator).to(image.device)
             noisy = (image + noise * jitter).clip(0, 255)
             loss = dual_focal_loss(self(unary, noisy), target)
@@ -135,6 +139,8 @@ class PacCrf(nn.Module):
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step + 1, iterations)
         for p in self.parameters():
             p.requires_grad_(False)
         return losses
