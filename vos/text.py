@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 
 def human_size(num_bytes: int | float) -> str:
@@ -16,17 +16,23 @@ def human_size(num_bytes: int | float) -> str:
 
 
 def format_table(
-    header: Sequence[str], rows: Iterable[Sequence[str]], *, rule: bool = False, ragged_last: bool = False
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    rule: bool = False,
+    ragged_last: bool = False,
+    right: Collection[int] = (),
 ) -> str:
     """Columns padded to their widest cell and separated by two spaces, the header first (then a line of dashes
-    with ``rule``). With ``ragged_last`` the last column is not padded, so a long free-text column does not decide
-    the width of the others."""
+    with ``rule``); the columns numbered in ``right`` (numbers) are right-aligned. With ``ragged_last`` the last
+    column is not padded, so a long free-text column does not decide the width of the others."""
     table = [tuple(header), *(tuple(row) for row in rows)]
     padded = len(header) - 1 if ragged_last else len(header)
     widths = [max(len(row[i]) for row in table) for i in range(padded)]
 
     def line(row: Sequence[str]) -> str:
-        return "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), *row[padded:]]).rstrip()
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        return "  ".join([*cells, *row[padded:]]).rstrip()
 
     lines = [line(row) for row in table]
     if rule:
