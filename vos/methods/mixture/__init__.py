@@ -151,9 +151,21 @@ INFO = MethodInfo(
         Reported("DAVIS-2017 val", {}, "xcit_dinov2_b", 1.10, "240x420 feature map", _V100, _FPS_NOTE),
     ),
     options=(
-        Option("seed", int, 123, "Seed of the run's random draws (CRF init and noise, first centres); the release's."),
-        Option("num_models", int, 10, "S: mixtures per object (each with its own number of components)."),
-        Option("time_step", float, 0.33, "Clock step lambda per frame: tau = 1 + lambda t (history ages by it)."),
+        Option(
+            "seed",
+            int,
+            123,
+            "Seed of the run's random draws (CRF init and noise, first centres); the release's.",
+            minimum=0,
+        ),
+        Option("num_models", int, 10, "S: mixtures per object (each with its own number of components).", minimum=1),
+        Option(
+            "time_step",
+            float,
+            0.33,
+            "Clock step lambda per frame: tau = 1 + lambda t (history ages by it).",
+            minimum=1e-6,
+        ),
         Option(
             "paper_time_kernel",
             bool,
@@ -161,8 +173,8 @@ INFO = MethodInfo(
             "History weight 2^(-lambda dt) as in the paper, instead of the release's exp(-0.5 |tau - tau'|).",
             paper=True,
         ),
-        Option("loc", float, 10.0, "Position weight when fitting is 0.25 * loc (2.5, the release)."),
-        Option("score_pe_weight", float, 1.0, "Position weight in the scoring vectors (the release's 1.0)."),
+        Option("loc", float, 10.0, "Position weight when fitting is 0.25 * loc (2.5, the release).", minimum=0),
+        Option("score_pe_weight", float, 1.0, "Position weight in the scoring vectors (the release's 1.0).", minimum=0),
         Option(
             "paper_w_rho",
             bool,
@@ -170,20 +182,55 @@ INFO = MethodInfo(
             f"Use the paper's w_rho = {PAPER_W_RHO:g} for both fitting and scoring (overrides loc/score_pe_weight).",
             paper=True,
         ),
-        Option("std", float, 1.0, "Outlier margin: cells whose best and second object scores differ by <= this."),
-        Option("n_h", int, 19, "Gate window height, in cells of a 120-row grid (scaled to the actual grid, odd)."),
-        Option("n_w", int, 39, "Gate window width, in cells of a 120-row grid (scaled to the actual grid, odd)."),
-        Option("max_iters", int, 100, "EM iterations at most on frame 0 (twice: the initial fit and frame 0 again)."),
-        Option("rll_tol", float, 1e-5, "Frame-0 EM stops when |dLL|/|LL| falls below this (from iteration 5)."),
-        Option("em_iters", int, 2, "EM iterations on every later frame."),
-        Option("crf", bool, True, "Refine with the PAC-CRFs (always on in the release)."),
-        Option("crf_steps", int, 5, "Mean-field steps of each PAC-CRF."),
         Option(
-            "crf_iters", int, None, "Adam steps training each PAC-CRF on frame 0 (default: the variant's, 100, rgb 25)."
+            "std",
+            float,
+            1.0,
+            "Outlier margin: cells whose best and second object scores differ by <= this.",
+            minimum=1e-6,
         ),
-        Option("crf_lr", float, 0.02, "Learning rate of the CRF training (Adam, amsgrad)."),
-        Option("crf_noise", float, 10.0, "Std of the image noise added at each CRF training step (0-255 scale)."),
-        Option("feature_layer", int, -1, "XCiT block whose patch tokens are the features (0-11, -1 = last)."),
+        Option(
+            "n_h",
+            int,
+            19,
+            "Gate window height, in cells of a 120-row grid (scaled to the actual grid, odd).",
+            minimum=1,
+        ),
+        Option(
+            "n_w", int, 39, "Gate window width, in cells of a 120-row grid (scaled to the actual grid, odd).", minimum=1
+        ),
+        Option(
+            "max_iters",
+            int,
+            100,
+            "EM iterations at most on frame 0 (twice: the initial fit and frame 0 again).",
+            minimum=1,
+        ),
+        Option(
+            "rll_tol", float, 1e-5, "Frame-0 EM stops when |dLL|/|LL| falls below this (from iteration 5).", minimum=0
+        ),
+        Option("em_iters", int, 2, "EM iterations on every later frame.", minimum=1),
+        Option("crf", bool, True, "Refine with the PAC-CRFs (always on in the release)."),
+        Option("crf_steps", int, 5, "Mean-field steps of each PAC-CRF.", minimum=0),
+        Option(
+            "crf_iters",
+            int,
+            None,
+            "Adam steps training each PAC-CRF on frame 0 (default: the variant's, 100; rgb 25).",
+            minimum=0,
+        ),
+        Option("crf_lr", float, 0.02, "Learning rate of the CRF training (Adam, amsgrad).", minimum=1e-6),
+        Option(
+            "crf_noise", float, 10.0, "Std of the image noise added at each CRF training step (0-255 scale).", minimum=0
+        ),
+        Option(
+            "feature_layer",
+            int,
+            -1,
+            "XCiT block whose patch tokens are the features (0-11, -1 = last).",
+            minimum=-12,
+            maximum=11,
+        ),
         Option("feature_norm", bool, True, "Apply XCiT's final LayerNorm to those tokens."),
         Option(
             "size",
@@ -191,16 +238,30 @@ INFO = MethodInfo(
             None,
             "Processing short side in pixels (default: the variant's, 480, rgb 240, or less when a lower working "
             "resolution is chosen); a multiple of 8.",
+            minimum=8,
         ),
         Option(
             "chunk_size",
             int,
             0,
             "Cells scored at a time (0 = auto: 4 MB dense blocks on CPU, 64 MB on GPU); same results.",
+            minimum=0,
         ),
-        Option("rgb_dim", int, 64, "rgb variant: dimensions of the random Fourier colour features."),
-        Option("rgb_bandwidth", float, 0.1, "rgb variant: colour bandwidth of the Fourier features (0-1 scale)."),
-        Option("rgb_norm", float, 35.0, "rgb variant: norm of the colour features (against ||2.5 rho|| = 14)."),
+        Option("rgb_dim", int, 64, "rgb variant: dimensions of the random Fourier colour features.", minimum=1),
+        Option(
+            "rgb_bandwidth",
+            float,
+            0.1,
+            "rgb variant: colour bandwidth of the Fourier features (0-1 scale).",
+            minimum=1e-6,
+        ),
+        Option(
+            "rgb_norm",
+            float,
+            35.0,
+            "rgb variant: norm of the colour features (against ||2.5 rho|| = 14).",
+            minimum=1e-6,
+        ),
     ),
     weights={
         "xcit": {"xcit": "backbone.dino_xcit_small_12_p8"},
