@@ -89,12 +89,21 @@ def _resolution_axis(fig: go.Figure, results: dict[str, Any]) -> None:
 
 def _layout(fig: go.Figure, title: str) -> None:
     fig.update_layout(
-        title={"text": title, "x": 0.01, "xanchor": "left"},
+        title={
+            "text": title,
+            "x": 0.01,
+            "xanchor": "left",
+            "yref": "container",
+            "y": 1,
+            "yanchor": "top",
+            "pad": {"t": 14},
+        },
         template="plotly_white",
         # Below the plot, in a row: beside it, it takes half of a phone's width from the lines.
         # At the foot of the figure (not of the plot, whose height varies), clear of the axis title.
         legend={"title": "method · variant", "orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.01},
-        margin={"l": 60, "r": 20, "t": 100, "b": 150},
+        # Room for the title and each subtitle line: more lines must not run into the plot.
+        margin={"l": 60, "r": 20, "t": 50 + 24 * title.count("<br>"), "b": 150},
         hovermode="closest",
     )
 

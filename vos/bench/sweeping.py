@@ -162,6 +162,7 @@ def _fill(point: Point, record: dict[str, Any]) -> None:
         "first_frame_runs",
         "fps",
         "fps_runs",
+        "fps_basis",
         "frames_done",
         "peak_memory_mib",
         "memory_kind",
