@@ -139,6 +139,7 @@ FORBIDDEN_IMPORTS = [
         ["vos.methods", "vos.weights", "vos.runner", "vos.catalog", "vos.bench", "vos.specs", "pages"],
     ),
     (["vos.catalog", "vos.specs", "vos.matching"], ["vos.runner", "vos.bench", "vos.present", "pages"]),
+    (["vos.bundle"], ["vos.methods", "vos.runner", "vos.bench", "vos.catalog", "pages"]),
     (["vos"], ["pages", "app", "gradio"]),
 ]
 
