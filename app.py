@@ -15,15 +15,13 @@ This file only assembles the pages, sets up the queue and launches.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
-from types import ModuleType
 
 import gradio as gr
 from PIL import Image
 
-from pages import compare, methods
+from pages import benchmark, compare, methods
 from pages.compare import UploadLimits
 from vos.video import DecodeLimits
 
@@ -35,17 +33,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 
 
-def _optional_page(name: str) -> ModuleType | None:
-    """A page another module provides, when it is there (the app still starts without it)."""
-    try:
-        return importlib.import_module(f"pages.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"pages.{name}":
-            raise  # the page exists but something it imports is missing: a real error
-        log.warning("pages/%s.py is missing: its page is left out", name)
-        return None
-
-
 def _header(page: str) -> None:
     gr.Navbar(main_page_name="Compare")  # one per page: without it a route's navbar calls the main page "Home"
     gr.HTML(
@@ -55,16 +42,12 @@ def _header(page: str) -> None:
 
 def build_app(limits: UploadLimits | None = None) -> gr.Blocks:
     """The whole app, queued: one GPU job at a time (the pages put their GPU work on pages.GPU_QUEUE)."""
-    benchmark = _optional_page("benchmark")
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
         _header("Upload a clip, mark the objects, run every method, compare.")
         compare.build(limits)
     with demo.route("Benchmark", "benchmark"):
         _header("Memory and speed versus resolution.")
-        if benchmark is not None:
-            benchmark.build()
-        else:
-            gr.Markdown("The benchmark page is not part of this checkout (pages/benchmark.py is missing).")
+        benchmark.build()
     with demo.route("Methods", "methods"):
         _header("What each method is, where it comes from, and whether its weights are here.")
         methods.build()
@@ -74,8 +57,7 @@ def build_app(limits: UploadLimits | None = None) -> gr.Blocks:
 
 
 def css() -> str:
-    pages = [compare, methods, _optional_page("benchmark")]
-    return APP_CSS + "".join(getattr(page, "CSS", "") for page in pages if page is not None)
+    return APP_CSS + "".join(page.CSS for page in (compare, methods, benchmark))
 
 
 def theme() -> gr.themes.Theme:

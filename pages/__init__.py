@@ -134,14 +134,10 @@ def weights_state(info: MethodInfo, variant: str) -> WeightsState:
     command = f"python -m vos weights fetch {info.key}:{variant}"
     from vos import weights as vweights
 
-    status = getattr(vweights, "cache_status", None)
-    entry = getattr(vweights, "entry", None)
-    if status is None or entry is None:
-        return WeightsState(needed=True, available=None, command=command)
     missing = []
     for file_id in parts.values():
         try:
-            if status(entry(file_id)) == "no":
+            if vweights.cache_status(vweights.entry(file_id)) == vweights.CacheState.MISSING:
                 missing.append(file_id)
         except VosError as err:  # a manifest problem: say it, do not break the page
             log.warning("weights status of %s: %s", file_id, err)

@@ -27,10 +27,11 @@ from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
 from vos import prompts as vprompts
-from vos import runner
+from vos import specs as vspecs
 from vos.device import pick_device
 from vos.methods import UNSUP, MethodInfo, Option, OptionError, available
-from vos.runner import MethodSpec
+from vos.specs import MethodSpec
+from vos.text import human_size
 from vos.video import Limits, env_number
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def app_weights_spec(spec: str, *, shown: str) -> str:
             "method's advanced panel; it does not open paths on the server (its owner can allow them with "
             "python app.py --allow-local-weights)."
         )
-    return runner.check_weights_spec(text, shown=shown)
+    return vspecs.check_weights_spec(text, shown=shown)
 
 
 def api_weights(text: str | None) -> list[str]:
@@ -956,7 +957,7 @@ class ComparePage:
             (self.download_masks, "masks", files.masks),
             (self.download_bundle, "bundle", files.bundle),
         ):
-            label = f"{DOWNLOAD_LABELS[kind]} · {rs.human_size(path)}" if path else DOWNLOAD_LABELS[kind]
+            label = f"{DOWNLOAD_LABELS[kind]} · {human_size(path.stat().st_size)}" if path else DOWNLOAD_LABELS[kind]
             out[button] = gr.DownloadButton(label, value=str(path) if path else None, visible=path is not None)
         problems = [r for r in view.records if not r.ok]
         if problems:
@@ -1038,7 +1039,7 @@ class ComparePage:
             raise gr.Error("Give a clip and its first-frame mask (palette PNG).")
         split = [s.strip() for s in (variants or "").split(",") if s.strip()]
         opts = [s.strip() for s in (options or "").split(",") if s.strip()]
-        specs, default_weights = runner.parse_method_specs(
+        specs, default_weights = vspecs.parse_method_specs(
             methods or "all", variants=split, options=opts, weights=api_weights(weights)
         )
         pick_device(device or "auto")
@@ -1066,81 +1067,4 @@ def build(limits: UploadLimits | None = None) -> ComparePage:
     return ComparePage(limits).build()
 
 
-CSS = """
-.vos-table tr { border: none !important; }  /* Gradio's prose style frames every row */
-.vos-step { padding: 14px 16px 16px !important; margin-bottom: 18px !important; border-radius: 12px !important; }
-.vos-step-title { display: flex; align-items: center; gap: 10px; margin: 0 0 6px !important; font-size: 1.15rem; }
-.vos-step-title span { display: inline-flex; width: 28px; height: 28px; border-radius: 50%;
-  background: var(--color-accent); color: white; align-items: center; justify-content: center; font-size: 0.95rem; }
-.vos-subtitle { font-size: 1rem !important; margin: 14px 0 4px !important; }
-.vos-downloads { gap: 8px !important; }
-.vos-table td:first-child { white-space: normal; min-width: 9em; }
-.vos-frame-help { font-size: 0.9rem; padding: 0 2px 4px; }
-.vos-small, .vos-small p { font-size: 0.85rem !important; color: var(--body-text-color-subdued); }
-.vos-clip-info blockquote { margin: 4px 0; padding: 4px 8px; border-left: 3px solid #e6a700;
-  background: rgba(230, 167, 0, 0.08); }
-.vos-hint-box { padding: 8px 10px; border-radius: 8px; background: var(--background-fill-secondary);
-  font-size: 0.9rem; }
-.vos-legend { display: inline-flex; flex-wrap: wrap; gap: 4px 12px; }
-.vos-swatch { display: inline-flex; align-items: center; gap: 5px; font-size: 0.88rem; }
-.vos-swatch i { display: inline-block; width: 14px; height: 14px; border-radius: 3px;
-  border: 1px solid rgba(0,0,0,0.25); }
-.vos-buttons { flex-wrap: wrap; gap: 6px !important; }
-.vos-buttons button { flex: 1 1 40% !important; min-width: 110px !important; }
-.vos-methods { display: grid !important; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 10px; }
-.vos-method { padding: 2px 8px 8px !important; border: 1px solid var(--border-color-primary) !important;
-  background: var(--block-background-fill) !important;
-  border-radius: 10px !important; }
-/* Gradio wraps a row's consecutive inputs in one .form box: the grid goes on it. */
-.vos-options > .form { display: grid !important; flex: 1 1 100% !important; width: 100%;
-  grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); }
-.vos-options > .form > * { min-width: 0 !important; }
-.vos-live { display: flex; flex-direction: column; gap: 6px; padding: 6px 2px; }
-.vos-live:empty { display: none; }
-.vos-live-row { display: grid; grid-template-columns: minmax(120px, 1.3fr) 2fr minmax(110px, 1.3fr); gap: 10px;
-  align-items: center; font-size: 0.9rem; }
-.vos-live-name small { color: var(--body-text-color-subdued); }
-.vos-live-bar { height: 8px; background: var(--background-fill-secondary); border-radius: 4px; overflow: hidden; }
-.vos-live-bar span { display: block; height: 100%; background: var(--color-accent); transition: width 0.4s; }
-.vos-status-ok .vos-live-bar span { background: #2e9d4f; }
-.vos-status-failed .vos-live-bar span, .vos-status-out_of_memory .vos-live-bar span,
-.vos-status-weights_missing .vos-live-bar span { background: #c0392b; width: 100% !important; }
-.vos-status-failed .vos-live-state, .vos-status-out_of_memory .vos-live-state,
-.vos-status-weights_missing .vos-live-state { color: #c0392b; font-weight: 600; }
-.vos-tiles { display: grid !important; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; }
-.vos-tiles > .hidden, .vos-tiles > [style*="display: none"] { display: none !important; }
-.vos-tile { min-width: 0 !important; gap: 4px !important; }
-.vos-tile-title { font-weight: 600; font-size: 0.95rem; padding: 2px 4px; }
-.vos-tile-title small { font-weight: 400; color: var(--body-text-color-subdued); }
-.vos-variant { padding: 0 4px 6px; }
-.vos-variant label { padding: 2px 8px !important; font-size: 0.85rem !important; }
-.vos-caption { font-size: 0.86rem; padding: 2px 4px; line-height: 1.45; }
-.vos-problem { border-left: 4px solid #c0392b; background: rgba(192, 57, 43, 0.07); padding: 6px 8px;
-  border-radius: 4px; }
-.vos-error { white-space: pre-wrap; word-break: break-word; font-size: 0.8rem; margin-top: 4px; max-height: 9em;
-  overflow: auto; }
-.vos-hint { margin-top: 6px; }
-.vos-hint code, .vos-error code { word-break: normal; overflow-wrap: anywhere; }  /* at spaces first */
-.vos-results-legend { font-size: 0.9rem; padding: 2px 0 6px; }
-.vos-empty { min-height: 84px; }  /* room for the queue position and progress bar shown over it during a run */
-.vos-empty p { color: var(--body-text-color-subdued); font-style: italic; }
-.vos-frame-row { align-items: center; }
-.vos-table-wrap { overflow-x: auto; }
-.vos-table { border-collapse: collapse; width: 100%; font-size: 0.88rem; border: none !important; }
-.vos-table th, .vos-table td { padding: 5px 10px !important; border: none !important;
-  border-bottom: 1px solid var(--border-color-primary) !important; text-align: left; white-space: nowrap; }
-.vos-table th { font-weight: 600; background: var(--background-fill-secondary); }
-.vos-table .vos-num { text-align: right; font-variant-numeric: tabular-nums; }
-.vos-pill { padding: 1px 8px; border-radius: 999px; font-size: 0.8rem; }
-.vos-pill-ok { background: rgba(46, 157, 79, 0.14); color: #1e7a3b; }
-.vos-pill-bad { background: rgba(192, 57, 43, 0.12); color: #a93226; }
-@media (max-width: 640px) {
-  .gradio-container { padding-left: 4px !important; padding-right: 4px !important; }
-  .vos-step { padding: 10px 6px 12px !important; }
-  .vos-methods { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 6px; }
-  .vos-frame-row { flex-wrap: wrap; }
-  .vos-live-row { grid-template-columns: 1fr 1fr; }
-  .vos-live-bar { grid-column: 1 / -1; grid-row: 2; }
-  .vos-tiles { grid-template-columns: 1fr; }
-}
-"""
+CSS = Path(__file__).with_name("compare.css").read_text(encoding="utf-8")

@@ -24,7 +24,7 @@ from vos import masks as vmasks
 from vos import runner
 from vos.bundle import MethodRecord, RunBundle, Status, load_bundle
 from vos.methods import UNSUP, get_info
-from vos.runner import MethodSpec
+from vos.specs import MethodSpec
 from vos.video import Clip, resize_frame
 
 DISPLAY_SIDE = 640  # tiles are sent to the browser at most this long: they are shown a third of a page wide
@@ -435,12 +435,3 @@ def downloads(view: RunView, dest: Path) -> Downloads:
         masks = vbundle.zip_folder(masks_dir, folder / f"{clip}_masks.zip", root=f"{run}_masks")
     bundle = vbundle.zip_bundle(view.path, folder / f"{clip}_run.zip", run_json=without_server_paths)
     return Downloads(view.bundle.video, masks, bundle)
-
-
-def human_size(path: Path) -> str:
-    size = path.stat().st_size
-    for unit in ("B", "KB", "MB"):
-        if size < 1024 or unit == "MB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"

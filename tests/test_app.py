@@ -24,7 +24,7 @@ from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
 from vos import runner
-from vos.runner import MethodSpec
+from vos.specs import MethodSpec
 from vos.synthetic import moving_shapes
 from vos.video import Limits, write_mp4
 

@@ -119,7 +119,7 @@ def test_an_offline_method_is_timed_over_the_whole_clip():
     assert record["fps"] <= 3 / 0.2  # its work before frame 0 counts: the steady frames alone are far faster
     specs = bench.parse_methods("fake_offline")
     point, _ = bench.plan(specs, [32], frames=3, repeats=1, device="cpu", dtype="fp32", weights="random")[0]
-    bench._fill(point, record)
+    bench.sweeping._fill(point, record)
     assert point.fps_basis == bench.TOTAL  # and so the stored point and the chart say how it was counted
     assert "over the whole clip" in bench.fps_figure(_results([point])).layout.title.text
 
@@ -328,7 +328,7 @@ def test_benchmark_page_builds_and_shows_stored_results(tmp_path, monkeypatch):
 
     store = tmp_path / "bench"
     bench.write_results(_results(SWEEP), store / "cpu-test-cpu-2c.json")
-    monkeypatch.setattr(bench, "STORED_DIR", store)
+    monkeypatch.setattr(bench.results, "STORED_DIR", store)
     with gr.Blocks():
         built = page.build()
     assert built.selector.value == str(store / "cpu-test-cpu-2c.json")
@@ -342,7 +342,7 @@ def test_benchmark_page_builds_and_shows_stored_results(tmp_path, monkeypatch):
 def test_measure_here_runs_the_cli_sweep(tmp_path, monkeypatch):
     from pages import benchmark as page
 
-    monkeypatch.setattr(bench, "STORED_DIR", tmp_path)
+    monkeypatch.setattr(bench.results, "STORED_DIR", tmp_path)
     monkeypatch.setattr(page, "_MEASURED_DIR", tmp_path / "measured")
     updates = list(page.measure_job(["fake_copy:default"], [32], 2, 120, "cpu", "random", True, [], "token"))
     status, selector, measured, memory, fps, accuracy, table, details = updates[-1]

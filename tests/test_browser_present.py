@@ -25,7 +25,8 @@ import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
 from vos.bundle import open_bundle
 from vos.methods import available
-from vos.runner import MethodSpec, read_ground_truth, run_methods
+from vos.runner import read_ground_truth, run_methods
+from vos.specs import MethodSpec
 from vos.video import Limits, open_clip
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -14,7 +14,8 @@ from vos import bundle as vbundle
 from vos import masks as vmasks
 from vos.__main__ import main
 from vos.bundle import BundleError, Status
-from vos.runner import MethodSpec, run_methods
+from vos.runner import run_methods
+from vos.specs import MethodSpec
 from vos.synthetic import moving_shapes
 from vos.video import open_clip, write_mp4
 

@@ -20,7 +20,7 @@ from tests.test_app import centre_of, launched_app, tiny_files
 from vos import masks as vmasks
 from vos import runner
 from vos import weights as vweights
-from vos.runner import MethodSpec
+from vos.specs import MethodSpec
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from vos import masks as vmasks
 from vos import runner
 from vos.__main__ import main
 from vos.methods import Method
+from vos.specs import MethodSpec
 from vos.synthetic import moving_shapes
 from vos.video import Clip, write_mp4
 
@@ -169,7 +170,7 @@ def test_a_full_disk_in_the_app_is_a_user_error_not_a_method_failure(tmp_path, m
     prompt = np.zeros((16, 16), np.uint8)
     prompt[4:8, 4:8] = 1
     monkeypatch.setattr(runner, "write_mp4", disk_full)
-    request = rs.RunRequest(specs=[runner.MethodSpec("fake_copy")], device="cpu", weights="random")
+    request = rs.RunRequest(specs=[MethodSpec("fake_copy")], device="cpu", weights="random")
     with pytest.raises(runner.DiskFull, match="Disk full at"):
         rs.run_comparison(clip, prompt, request, tmp_path / "run")
 
@@ -221,7 +222,7 @@ def test_an_out_of_memory_stays_in_its_tile_frees_its_memory_and_the_next_run_wo
     clip = Clip.from_frames([np.zeros((16, 16, 3), np.uint8)] * 3)
     prompt = np.zeros((16, 16), np.uint8)
     prompt[4:8, 4:8] = 1
-    specs = [runner.MethodSpec("fake_oom_holds"), runner.MethodSpec("fake_copy")]
+    specs = [MethodSpec("fake_oom_holds"), MethodSpec("fake_copy")]
     with tests.fakes.registered(OutOfMemoryAfterAllocating):
         first = runner.run_methods(clip, prompt, specs, tmp_path / "one", device="cpu", weights="random")
         gc.collect()

@@ -16,7 +16,8 @@ from vos import masks as vmasks
 from vos import present
 from vos.__main__ import main
 from vos.present import Style
-from vos.runner import MethodSpec, run_methods
+from vos.runner import run_methods
+from vos.specs import MethodSpec
 from vos.synthetic import moving_shapes
 from vos.video import open_clip, write_mp4
 

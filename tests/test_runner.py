@@ -13,8 +13,10 @@ import tests.fakes  # noqa: F401 -- registers the test-only methods
 from vos import masks as vmasks
 from vos import runner
 from vos.device import DtypeUnavailable
+from vos.matching import SegmentMatcher
 from vos.methods import Method, Option, OptionError, UnknownMethod
-from vos.runner import MethodSpec, RunEvents, SegmentMatcher, parse_method_specs, run_methods
+from vos.runner import RunEvents, run_methods
+from vos.specs import MethodSpec, parse_method_specs
 from vos.synthetic import moving_shapes
 from vos.video import Clip
 from vos.weights import BadWeightsSpec, WeightsUnavailable

@@ -21,9 +21,12 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from tests.fakes import registered
-from vos import weights
+from vos import catalog, weights
 from vos.__main__ import main
 from vos.methods import SEMI, Method, MethodInfo, Paper, available
+from vos.weights import download as wdownload
+from vos.weights import entries as wentries
+from vos.weights import resolve as wresolve
 
 # --------------------------------------------------------------------------------------------------------------
 # A test-only method with two small networks, stored by its "authors" in another key layout
@@ -235,7 +238,7 @@ REQUIRED_IDS = {
 
 
 def test_manifest_rows_are_complete():
-    rows = weights._read_manifest()[0]
+    rows = wentries._read_manifest()[0]
     assert not REQUIRED_IDS - set(rows)
     for file_id, item in rows.items():
         assert item.title and item.licence and item.paper and item.origin.startswith("https://"), file_id
@@ -343,7 +346,7 @@ def test_convert_cli_writes_fp32_safetensors_that_hub_then_finds(env, capsys):
     assert main(["weights", "fetch", "wtest.encoder"]) == 0
     assert f"wtest.encoder: {out} (cache)" in capsys.readouterr().out
 
-    again = weights.convert("wtest.encoder", pth, env / "copy.safetensors")
+    again = catalog.convert("wtest.encoder", pth, env / "copy.safetensors")
     assert again.sha256 == weights.sha256_file(out), "the same release converts to the same bytes"
 
     assert main(["weights", "convert", "wtest:two", str(pth)]) == 2
@@ -353,7 +356,7 @@ def test_convert_cli_writes_fp32_safetensors_that_hub_then_finds(env, capsys):
 def test_convert_refuses_another_networks_file_and_writes_nothing(env, capsys):
     pth = save_official(reference(Decoder, 3), env / "dec_release.pth")
     with pytest.raises(weights.KeyMismatch) as caught:
-        weights.convert("wtest:one", pth, env / "out.safetensors")
+        catalog.convert("wtest:one", pth, env / "out.safetensors")
     message = str(caught.value)
     assert "wtest:one part 'encoder' (wtest.encoder)" in message
     assert "missing key(s): conv.weight" in message and "unexpected key(s): head.weight" in message
@@ -368,7 +371,7 @@ def test_convert_refuses_another_networks_file_and_writes_nothing(env, capsys):
 def _tvos_release(path: Path) -> Path:
     """A file in the layout of TVOS's davis_train.pth.tar (names and shapes of the release, 318 tensors) whose
     tensors are zero-stride views of one number, so it takes a few kilobytes."""
-    layout, _ = weights.network_layout("tvos.davis_train")
+    layout, _ = catalog.network_layout("tvos.davis_train")
     renames = {
         "conv1.": "backbone.0.",
         "bn1.": "backbone.1.",
@@ -392,7 +395,7 @@ def test_a_tvos_checkpoint_is_not_converted_as_the_xcit_backbone(env, capsys):
     assert "missing key(s): cls_token" in err and "318 unexpected key(s)" in err
     assert files_under(weights.cache_root()) == []
     # it fits the network it was made for (checked without writing its 100 MB)
-    layout, _ = weights.network_layout("tvos.davis_train")
+    layout, _ = catalog.network_layout("tvos.davis_train")
     converted = weights.to_ours(weights.entry("tvos.davis_train"), weights.read_checkpoint(release))
     assert weights.layout_diff(weights.shapes(converted), layout).ok
 
@@ -410,15 +413,15 @@ def test_an_official_download_of_another_network_is_not_cached(env, server, onli
 
 
 def test_network_layout_is_built_on_the_meta_device(env):
-    layout, what = weights.network_layout("wtest.decoder")
+    layout, what = catalog.network_layout("wtest.decoder")
     assert layout == {"head.weight": (2, 4), "head.bias": (2,)} and what == "wtest:two part 'decoder' (wtest.decoder)"
-    xcit, what = weights.network_layout("backbone.dino_xcit_small_12_p8", method="mixture", variant="xcit_dinov2_b")
+    xcit, what = catalog.network_layout("backbone.dino_xcit_small_12_p8", method="mixture", variant="xcit_dinov2_b")
     assert what == "mixture:xcit_dinov2_b part 'xcit' (backbone.dino_xcit_small_12_p8)"
     assert xcit["cls_token"] == (1, 1, 384) and len(xcit) > 300
-    simvos_b, what = weights.network_layout("simvos.b")
+    simvos_b, what = catalog.network_layout("simvos.b")
     assert what == "simvos:vit_b part 'model' (simvos.b)" and len(simvos_b) == 201
     with pytest.raises(weights.ConversionError, match="No registered method loads backbone.mae_vitb16"):
-        weights.network_layout("backbone.mae_vitb16")
+        catalog.network_layout("backbone.mae_vitb16")
 
 
 def test_cached_conversion_with_another_sha256_than_the_manifest_is_refused(env, monkeypatch):
@@ -564,7 +567,7 @@ def test_hub_cache_resolves_offline_and_repo_can_be_overridden(env, monkeypatch)
     monkeypatch.setenv(weights.REPO_ENV, "me/mirror")
     method = WeightsTestMethod("one", device="cpu", weights="hub")
     assert same_weights(method.encoder, mirror) and method.weights_records[0]["source"] == "hub:me/mirror"
-    assert weights.resolve("wtest", "one") == {"encoder": Path(method.weights_records[0]["path"])}
+    assert catalog.resolve("wtest", "one") == {"encoder": Path(method.weights_records[0]["path"])}
 
 
 def test_hub_file_with_another_sha256_than_the_manifest_is_refused(env, monkeypatch):
@@ -628,10 +631,10 @@ def online_without_hub(monkeypatch):
     """Downloads allowed, but the Hub answers 'no such file' without any network."""
 
     def no_hub(repo, filename, revision=None):
-        raise weights._HubMiss("the Hub has no such file (test)")
+        raise weights.HubMiss("the Hub has no such file (test)")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(weights, "hub_download", no_hub)
+    monkeypatch.setattr(wresolve, "hub_download", no_hub)
 
 
 def serve_encoder_row(monkeypatch, server: _Server, data: bytes, *, declared: int | None = None, **source) -> None:
@@ -688,12 +691,12 @@ def test_drive_file_and_drive_folder_picked_by_layout(env, online_without_hub, m
         fetched.append(file_id)
         dest.write_bytes(drive[file_id])
 
-    monkeypatch.setattr(weights, "_download_gdrive", fake_gdown)
+    monkeypatch.setattr(wdownload, "_download_gdrive", fake_gdown)
     monkeypatch.setattr(
-        weights, "_gdrive_folder_listing", lambda folder: [("id-other", "x/o.pth"), ("id-enc", "e.pth")]
+        wdownload, "_gdrive_folder_listing", lambda folder: [("id-other", "x/o.pth"), ("id-enc", "e.pth")]
     )
 
-    resolved = weights.resolve_file("wtest.decoder")
+    resolved = catalog.resolve_for("wtest.decoder")
     assert resolved.converted and same_weights(_loaded(Decoder, resolved.path), dec)
 
     method = WeightsTestMethod("drive", device="cpu", weights="hub")
@@ -723,9 +726,9 @@ def test_a_cut_drive_folder_download_resumes(env, online_without_hub, monkeypatc
             raise requests.ConnectionError("connection reset (test)")
         dest.write_bytes(drive[file_id])
 
-    monkeypatch.setattr(weights, "_download_gdrive", fake_gdown)
+    monkeypatch.setattr(wdownload, "_download_gdrive", fake_gdown)
     monkeypatch.setattr(
-        weights, "_gdrive_folder_listing", lambda folder: [("id-other", "x/o.pth"), ("id-enc", "e.pth")]
+        wdownload, "_gdrive_folder_listing", lambda folder: [("id-other", "x/o.pth"), ("id-enc", "e.pth")]
     )
     folder = weights.official_dir(weights.entry("wtest.folder_part"))
     with pytest.raises(weights.WeightsUnavailable, match="connection reset"):
@@ -793,7 +796,7 @@ def test_push_selects_converted_files_and_writes_a_model_card(env):
     weights.save_safetensors(
         reference(Encoder, 18).state_dict(), weights.converted_path(weights.entry("wtest.encoder"))
     )
-    ready, missing = weights.push_selection(["wtest:bb", "wtest:two"])
+    ready, missing = catalog.push_selection(["wtest:bb", "wtest:two"])
     assert [item.id for item, _ in ready] == ["wtest.encoder"]
     assert [item.id for item in missing] == ["wtest.decoder"]  # the timm-hosted backbone is never pushed
 
@@ -810,7 +813,7 @@ def test_push_selects_converted_files_and_writes_a_model_card(env):
         assert text in card
 
     with pytest.raises(weights.DownloadFailed, match="HF_HUB_OFFLINE"):
-        weights.push("me/weights", what=["wtest"])
+        catalog.push("me/weights", what=["wtest"])
 
 
 @pytest.fixture
@@ -851,7 +854,7 @@ def test_push_card_lists_files_already_in_the_repository(env, fake_hub):
         RepoFile(path="someone/else.safetensors", size=10, oid="5"),
     ]
 
-    pushed = weights.push("me/weights", what=["wtest:one"])
+    pushed = catalog.push("me/weights", what=["wtest:one"])
     assert [item.id for item, _ in pushed] == ["wtest.encoder"]
     [operations] = commits
     assert [op.path_in_repo for op in operations] == ["wtest/encoder.safetensors", "README.md"]
@@ -868,7 +871,7 @@ def test_push_refuses_a_cached_file_that_does_not_fit(env, fake_hub):
     poisoned = weights.converted_path(weights.entry("wtest.encoder"))
     weights.save_safetensors(reference(Decoder, 23).state_dict(), poisoned)  # as an unchecked conversion left it
     with pytest.raises(weights.KeyMismatch, match="Nothing was uploaded"):
-        weights.push("me/weights", what=["wtest:one"])
+        catalog.push("me/weights", what=["wtest:one"])
     assert commits == []
 
 
@@ -900,14 +903,14 @@ def test_an_unreachable_hub_is_not_asked_again_for_a_while(monkeypatch):
         raise LocalEntryNotFoundError("cannot connect")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
-    monkeypatch.setattr(weights, "_hub_unreachable_at", None)
-    with pytest.raises(weights._HubMiss, match="cannot reach the Hub"):
+    monkeypatch.setattr(wdownload, "_hub_unreachable_at", None)
+    with pytest.raises(weights.HubMiss, match="cannot reach the Hub"):
         weights.hub_download("owner/repo", "a.safetensors")
     # The next file is looked up in the local cache only: no second round of retries.
-    with pytest.raises(weights._HubMiss, match=r"the Hub did not answer \d+ s ago"):
+    with pytest.raises(weights.HubMiss, match=r"the Hub did not answer \d+ s ago"):
         weights.hub_download("owner/repo", "b.safetensors")
     assert asked_online == [True, False]
-    monkeypatch.setattr(weights, "HUB_RETRY_AFTER_S", 0.0)  # the wait is over: ask the Hub again
-    with pytest.raises(weights._HubMiss, match="cannot reach the Hub"):
+    monkeypatch.setattr(wdownload, "HUB_RETRY_AFTER_S", 0.0)  # the wait is over: ask the Hub again
+    with pytest.raises(weights.HubMiss, match="cannot reach the Hub"):
         weights.hub_download("owner/repo", "c.safetensors")
     assert asked_online == [True, False, True]

@@ -155,13 +155,13 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--repo", required=True, help="OWNER/NAME")
     push.add_argument("--private", action="store_true")
     push.add_argument("what", nargs="*", default=["all"])
-    p.set_defaults(module="vos.weights", function="command_weights")
+    p.set_defaults(module="vos.catalog", function="command_weights")
 
 
 def _add_methods(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("methods", help="list every method with its variants and options")
     p.add_argument("key", nargs="?", help="show one method in full")
-    p.set_defaults(module="vos.runner", function="command_methods")
+    p.set_defaults(module="vos.methods.listing", function="command_methods")
 
 
 def _add_present(sub: argparse._SubParsersAction) -> None:
@@ -225,15 +225,7 @@ def _main(argv: Sequence[str] | None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        try:
-            command = getattr(importlib.import_module(args.module), args.function, None)
-        except ModuleNotFoundError as err:
-            if err.name != args.module:
-                raise
-            command = None
-        if command is None:
-            print(f"`python -m vos {args.command}` is not yet available.", file=sys.stderr)
-            return 2
+        command = getattr(importlib.import_module(args.module), args.function)
         return int(command(args) or 0)
     except VosError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import torch
@@ -90,15 +91,45 @@ def free_memory(device: torch.device | None = None) -> None:
         torch.cuda.empty_cache()
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name (platform.processor() is often empty on Linux)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """This machine as run bundles and benchmark results record it: CPU, cores, RAM, GPU, Python and torch."""
+    import platform
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    return info
+
+
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
     if device.type == "mps":
         return "Apple MPS"
-    import platform
-
-    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return f"CPU {cpu_model()} ({os.cpu_count()} cores)"
 
 
 @dataclass

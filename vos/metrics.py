@@ -69,6 +69,7 @@ from scipy.optimize import linear_sum_assignment
 
 from vos.errors import VosError
 from vos.masks import MASK_EXTENSIONS, read_mask_dir
+from vos.text import format_table as format_table_text
 from vos.video import natural_key
 
 log = logging.getLogger(__name__)
@@ -615,26 +616,24 @@ def evaluate_folders(pred: str | Path, gt: str | Path, *, task: str = "semi") ->
 
 
 def _number(value: float) -> str:
-    return "   -" if math.isnan(value) else f"{value:.3f}"
+    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 def format_table(results: Sequence[SequenceResult]) -> str:
     """A plain-text table: one row per sequence (means over its objects), then the global row (means over objects)."""
     task = results[0].task if results else "semi"
-    width = max([len("Sequence"), len("Global"), *(len(r.name) for r in results)])
-    header = f"{'Sequence':<{width}}  Objects  Frames  " + "  ".join(f"{c:>8}" for c in GLOBAL_COLUMNS)
-    lines = [f"DAVIS-2017 {TASK_TITLES[task]} evaluation (scores 0-1; papers print them x100)", header]
+    header = ("Sequence", "Objects", "Frames", *GLOBAL_COLUMNS)
+    rows = []
     for r in results:
         row = r.row()
-        values = "  ".join(f"{_number(row[c]):>8}" for c in GLOBAL_COLUMNS)
-        lines.append(f"{r.name:<{width}}  {len(r.objects):>7}  {len(r.frames):>6}  {values}")
-    lines.append("-" * len(header))
+        rows.append((r.name, str(len(r.objects)), str(len(r.frames)), *(_number(row[c]) for c in GLOBAL_COLUMNS)))
     total = summarize(results)
     objects = sum(len(r.objects) for r in results)
     frames = sum(len(r.frames) for r in results)
-    values = "  ".join(f"{_number(total[c]):>8}" for c in GLOBAL_COLUMNS)
-    lines.append(f"{'Global':<{width}}  {objects:>7}  {frames:>6}  {values}")
-    return "\n".join(lines)
+    rows.append(("Global", str(objects), str(frames), *(_number(total[c]) for c in GLOBAL_COLUMNS)))
+    lines = format_table_text(header, rows, right=range(1, len(header))).splitlines()
+    lines.insert(-1, "-" * len(lines[0]))
+    return "\n".join([f"DAVIS-2017 {TASK_TITLES[task]} evaluation (scores 0-1; papers print them x100)", *lines])
 
 
 def _finite(value: float) -> float | None:

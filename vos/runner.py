@@ -23,20 +23,17 @@ import itertools
 import json
 import logging
 import os
-import platform
-import re
 import secrets
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 import vos
@@ -45,7 +42,10 @@ from vos import device as vdevice
 from vos import masks as vmasks
 from vos.bundle import MASK_NAME, MethodRecord, Status
 from vos.errors import VosError
+from vos.matching import SegmentMatcher
 from vos.methods import base as mbase
+from vos.specs import MethodSpec, apply_overrides, check_weights_spec, parse_method_specs
+from vos.text import format_table
 from vos.video import Clip, Limits, VideoError, open_clip, write_mp4
 
 log = logging.getLogger(__name__)
@@ -96,144 +96,6 @@ def disk_full_as_error(path: Path) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# What to run
-
-
-@dataclass
-class MethodSpec:
-    """One method to run: key, variant (None = default), option overrides and weights spec."""
-
-    key: str
-    variant: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None  # None: the run's default
-
-    def validated(self) -> MethodSpec:
-        """Check key, variant and options now, before any work, so a typo fails fast with the valid values."""
-        info = mbase.get_info(self.key)
-        variant = info.check_variant(self.variant)
-        options = info.resolve_options(self.options)
-        overridden = {k: v for k, v in options.items() if k in self.options}
-        return MethodSpec(self.key, variant, overridden, self.weights)
-
-
-def parse_method_specs(
-    methods: str | Sequence[str] = "all",
-    *,
-    variants: Iterable[str] = (),
-    options: Iterable[str] = (),
-    weights: Iterable[str] = (),
-) -> tuple[list[MethodSpec], str]:
-    """Turn CLI strings into validated MethodSpecs and the default weights spec.
-
-    methods: "all" or "k1,k2"; variants: "key=variant"; options: "key.name=value"; weights: "SPEC" (every method)
-    or "key=SPEC" (one method). Weights specs naming a file or folder must exist.
-    """
-    known = mbase.list_keys()
-    if isinstance(methods, str):
-        keys = known if methods.strip() in {"", "all"} else [k.strip() for k in methods.split(",") if k.strip()]
-    else:
-        keys = list(methods)
-    for key in keys:
-        mbase.method_class(key)  # raises UnknownMethod with a suggestion
-    specs = [MethodSpec(key) for key in keys]
-    default_weights = apply_overrides(specs, variants=variants, options=options, weights=weights)
-    return [spec.validated() for spec in specs], default_weights or "hub"
-
-
-def apply_overrides(
-    specs: Sequence[MethodSpec],
-    *,
-    variants: Iterable[str] = (),
-    options: Iterable[str] = (),
-    weights: Iterable[str] = (),
-) -> str | None:
-    """Apply --variant, --opt and --weights strings to ``specs`` (in place; validate afterwards).
-
-    Returns the default weights spec a bare ``--weights SPEC`` gave, or None. Each weights spec is checked with
-    ``check_weights_spec``.
-    """
-    if isinstance(weights, str):  # one spec, not a list of one-character specs
-        weights = [weights]
-    by_key = {spec.key: spec for spec in specs}
-    keys = list(by_key)
-
-    def split_pair(text: str, sep: str, what: str) -> tuple[str, str]:
-        if sep not in text:
-            raise mbase.OptionError(f"Expected {what}, got {text!r}.")
-        left, right = text.split(sep, 1)
-        return left.strip(), right.strip()
-
-    def target(key: str, flag: str) -> MethodSpec:
-        mbase.method_class(key)
-        if key not in by_key:
-            raise mbase.OptionError(f"{flag} names {key!r}, which is not among the methods to run ({', '.join(keys)}).")
-        return by_key[key]
-
-    for text in variants:
-        key, variant = split_pair(text, "=", "--variant KEY=VARIANT")
-        target(key, "--variant").variant = variant
-    for text in options:
-        name, value = split_pair(text, "=", "--opt KEY.NAME=VALUE")
-        key, opt = split_pair(name, ".", "--opt KEY.NAME=VALUE")
-        target(key, "--opt").options[opt] = value
-    known = mbase.list_keys()
-    default_weights = None
-    per_method: set[str] = set()
-    for text in weights:
-        key, sep, spec = (part.strip() for part in text.partition("="))
-        if sep and key in known:
-            if key in per_method:
-                raise mbase.OptionError(f"--weights gives {key}=... twice; give each method one weights spec.")
-            per_method.add(key)
-            target(key, "--weights").weights = check_weights_spec(spec, shown=f"--weights {text.strip()}")
-        elif sep and re.fullmatch(r"[a-z][a-z0-9_]*", key) and not Path(text).expanduser().exists():
-            # KEY=SPEC with a key that is no method (a typo), rather than a file whose name holds "=".
-            raise mbase.OptionError(f"--weights {text}: {mbase.UnknownMethod(key, known)}")
-        else:
-            if default_weights is not None:
-                raise mbase.OptionError(
-                    f"--weights gives two specs for every method ({default_weights!r} and {text!r}); give one, "
-                    "and KEY=SPEC for the methods that differ."
-                )
-            default_weights = check_weights_spec(text)
-    return default_weights
-
-
-def check_weights_spec(spec: str, *, shown: str | None = None) -> str:
-    """Reject a weights spec that cannot work before anything runs: a file or folder that does not exist, or a
-    malformed ``hf://`` address. Whether the Hub has the files is left to loading (it may need the network).
-    Returns the spec, with a file or folder made absolute.
-
-    ``shown`` is how the spec reads to the user (default ``--weights SPEC``); messages start with it.
-    """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    from vos import weights as vweights
-
-    text = str(spec).strip()
-    shown = shown or f"--weights {text}"
-    kind = vweights.spec_kind(text) if text else vweights.LOCAL  # an empty spec is an error, not the default
-    if kind in (vweights.HUB, vweights.RANDOM):
-        return text
-    if kind == vweights.HF:
-        try:
-            repo, _, _ = vweights.parse_hf(text)  # the loader's own parser, so both agree on what is valid
-            validate_repo_id(repo)
-        except (vweights.BadWeightsSpec, HFValidationError) as err:
-            reason = str(err).removeprefix(f"{text!r}: ")
-            raise vweights.BadWeightsSpec(f"{shown}: {reason}") from None
-        return text
-    path = Path(text).expanduser()
-    if not text or not path.exists():
-        raise vweights.BadWeightsSpec(
-            f"{shown}: {'no such file or folder' if text else 'empty'} (a weights spec is hub, random, a file, "
-            "a folder or hf://OWNER/REPO[/FILE])."
-        )
-    return str(path.absolute())  # as run.json records it, so that `run --from` finds it from any folder
-
-
-# --------------------------------------------------------------------------------------------------------------
 # What happened
 
 
@@ -260,64 +122,6 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Unsupervised segments -> prompted objects
-
-
-class SegmentMatcher:
-    """Maps an unsupervised method's segment ids to the prompted object ids.
-
-    Frame 0 decides: Hungarian matching on IoU between segments and prompted objects (pairs with zero overlap are
-    never matched). Every other segment, on frame 0 or later, gets the next free extra id so it stays visible.
-    Segment id 0 means "no segment" (a method that has a background returns it as 0) and stays 0.
-    """
-
-    def __init__(self, prompt: np.ndarray):
-        self.prompt = prompt
-        self.object_ids = [int(i) for i in np.unique(prompt) if i != 0]
-        self.mapping: dict[int, int] = {}
-        self.extra_ids: list[int] = []
-        self._next_extra = (max(self.object_ids) if self.object_ids else 0) + 1
-        self._dropped: set[int] = set()
-
-    def _match_first(self, segments: np.ndarray) -> None:
-        seg_ids = [int(i) for i in np.unique(segments) if i != 0]
-        if not self.object_ids or not seg_ids:
-            return
-        iou = np.zeros((len(self.object_ids), len(seg_ids)))
-        for a, obj in enumerate(self.object_ids):
-            obj_mask = self.prompt == obj
-            for b, seg in enumerate(seg_ids):
-                seg_mask = segments == seg
-                union = np.logical_or(obj_mask, seg_mask).sum()
-                iou[a, b] = np.logical_and(obj_mask, seg_mask).sum() / union if union else 0.0
-        rows, cols = linear_sum_assignment(iou, maximize=True)
-        for a, b in zip(rows, cols):
-            if iou[a, b] > 0:
-                self.mapping[seg_ids[b]] = self.object_ids[a]
-
-    def __call__(self, segments: np.ndarray, index: int) -> np.ndarray:
-        segments = np.asarray(segments)
-        if index == 0 and not self.mapping:
-            self._match_first(segments)
-        out = np.zeros(segments.shape, np.uint8)
-        for seg in np.unique(segments):
-            seg = int(seg)
-            if seg == 0:
-                continue
-            if seg not in self.mapping:
-                if self._next_extra > 255:
-                    if seg not in self._dropped:
-                        log.warning("more than 255 segments: segment %d is not shown", seg)
-                        self._dropped.add(seg)
-                    continue
-                self.mapping[seg] = self._next_extra
-                self.extra_ids.append(self._next_extra)
-                self._next_extra += 1
-            out[segments == seg] = self.mapping[seg]
-        return out
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Running
 
 
@@ -329,28 +133,6 @@ class RunEvents:
     on_frame: Callable[[MethodRecord, int, int], None] | None = None  # record, frames done, total
     on_progress: Callable[[MethodRecord, mbase.Progress], None] | None = None  # every stage a method reports
     on_finish: Callable[[MethodRecord], None] | None = None
-
-
-def hardware_info() -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    try:
-        import psutil
-
-        info["ram_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:  # psutil is a requirement, but hardware info must never break a run
-        pass
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
-    return info
 
 
 def _explain(err: BaseException, record: MethodRecord) -> None:
@@ -619,7 +401,7 @@ def write_run_json(result: RunResult) -> Path:
         clip=result.clip.info(),
         object_ids=result.object_ids,
         settings=result.settings,
-        hardware=hardware_info(),
+        hardware=vdevice.machine_info(),
         records=result.records,
         frames=result.frames,
         vos_version=vos.__version__,
@@ -1043,55 +825,20 @@ def _move_into_place(work: Path, out_dir: Path) -> Path:
 
 def summary_table(records: Sequence[MethodRecord]) -> str:
     header = ("method", "variant", "status", "fps", "peak MiB", "load s", "J&F")
-    rows = [header]
-    for r in records:
-        rows.append(
-            (
-                r.key,
-                r.variant,
-                r.status,
-                f"{r.fps:.2f}" if r.fps is not None else "-",
-                f"{r.peak_memory_mib:,.0f}" if r.peak_memory_mib is not None else "-",
-                f"{r.load_s:.1f}" if r.load_s is not None else "-",
-                f"{r.scores['J&F']:.3f}" if r.scores else "-",
-            )
+    rows = [
+        (
+            r.key,
+            r.variant,
+            r.status,
+            f"{r.fps:.2f}" if r.fps is not None else "-",
+            f"{r.peak_memory_mib:,.0f}" if r.peak_memory_mib is not None else "-",
+            f"{r.load_s:.1f}" if r.load_s is not None else "-",
+            f"{r.scores['J&F']:.3f}" if r.scores else "-",
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+        for r in records
+    ]
+    lines = [format_table(header, rows, rule=True)]
     for r in records:
         if not r.ok and r.error:
             lines.append(f"{r.key}: {r.error}" + (f"\n  -> {r.hint}" if r.hint else ""))
     return "\n".join(lines)
-
-
-def describe_method(info: mbase.MethodInfo, *, full: bool = False) -> str:
-    task = "unsupervised" if info.task == mbase.UNSUP else "semi-supervised"
-    variants = ", ".join(v + (" (default)" if v == info.default_variant else "") for v in info.variants)
-    lines = [f"{info.key:8s} {info.title} — {task}", f"         variants: {variants}"]
-    if full:
-        lines += [
-            f"         {info.summary}",
-            f"         paper: {info.paper.title} ({info.paper.venue} {info.paper.year})",
-        ]
-        lines += [f"         code: {info.repo}   licence: {info.licence}"]
-        for rep in info.reported:
-            figures = ", ".join(f"{k} {v}" for k, v in rep.metrics.items())
-            speed = f"; {rep.fps} fps on {rep.hardware}" if rep.fps else ""
-            lines.append(
-                f"         reported ({rep.dataset}{', ' + rep.variant if rep.variant else ''}): {figures}{speed}"
-            )
-    for opt in info.options:
-        paper = f" [paper: {opt.format(opt.paper)}]" if opt.paper is not None else ""
-        lines.append(
-            f"         --opt {info.key}.{opt.name}={opt.format(opt.default)} ({opt.describe()}){paper}  {opt.help}"
-        )
-    return "\n".join(lines)
-
-
-def command_methods(args) -> int:
-    infos = [mbase.get_info(args.key)] if args.key else mbase.available()
-    if not infos:
-        print("No methods are registered.")
-    print("\n\n".join(describe_method(info, full=bool(args.key)) for info in infos))
-    return 0

@@ -21,6 +21,8 @@ from typing import Any
 import timm
 import torch
 
+from vos.weights.checkpoint import unwrap_state_dict
+
 ARCH = "xcit_small_12_p8_224"
 EMBED_DIM = 384
 DEPTH = 12
@@ -42,31 +44,13 @@ def build_xcit_small_12_p8(device: str | torch.device | None = None) -> torch.nn
     return model.eval()
 
 
-def _unwrap(state: Any) -> dict[str, torch.Tensor]:
-    while isinstance(state, Mapping):
-        inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), Mapping)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, Mapping):
-        raise ValueError(f"expected a state dict, got {type(state).__name__}")
-    out = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        for prefix in _PREFIXES:
-            key = key.removeprefix(prefix)
-        out[key] = value
-    return out
-
-
 def convert_dino_xcit(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """DINO's ``dino_xcit_small_12_p8`` release (facebookresearch/xcit layout) -> timm ``xcit_small_12_p8``.
 
     Pure: no model, no I/O. Accepts the bare state dict or one wrapped in ``teacher``/``state_dict``/``model``,
     with or without ``module.``/``backbone.`` prefixes; drops a DINO projection head (``head.*``) if present.
     """
-    source = _unwrap(state_dict)
+    source = unwrap_state_dict(state_dict, wrappers=_WRAPPERS, prefixes=_PREFIXES, every_key=True)
     out: dict[str, torch.Tensor] = {}
     for key, value in source.items():
         if key.startswith(_DROP_PREFIXES):

@@ -54,6 +54,7 @@ from vos.methods.base import (
     Reported,
     register,
 )
+from vos.nn_utils import rowblock_mm
 from vos.video import Clip
 
 log = logging.getLogger(__name__)
@@ -306,11 +307,7 @@ def propagate(
     scores = torch.empty(rows, labels.shape[1], dtype=torch.float32, device=device)
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
-        affinity = torch.empty(stop - start, count * cells, dtype=target.dtype, device=device)
-        for block in range(start, stop, ROW_BLOCK):
-            torch.mm(
-                padded[block : block + ROW_BLOCK], references, out=affinity[block - start : block - start + ROW_BLOCK]
-            )
+        affinity = rowblock_mm(padded[start:stop], references, block=ROW_BLOCK)
         affinity.mul_(temperature)
         weights = torch.softmax(affinity, dim=1, dtype=torch.float32)  # one softmax over every reference cell
         del affinity
@@ -321,8 +318,7 @@ def propagate(
         for sigma, first, last in runs:
             per_frame[:, first:last].mul_(torch.exp(-distance / sigma**2).unsqueeze(1))  # after the softmax
         del distance
-        for block in range(start, stop, ROW_BLOCK):
-            torch.mm(weights[block - start : block - start + ROW_BLOCK], labels, out=scores[block : block + ROW_BLOCK])
+        rowblock_mm(weights, labels, block=ROW_BLOCK, out=scores[start:stop])
         del weights
     return scores[:cells]
 

@@ -53,6 +53,7 @@ parameters, first centres, CRF training noise); results depend slightly on the s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
@@ -214,8 +215,8 @@ INFO = MethodInfo(
         Option(
             "crf_iters",
             int,
-            0,
-            "Adam steps training each PAC-CRF on frame 0 (0 = the variant's: 100, rgb 25).",
+            None,
+            "Adam steps training each PAC-CRF on frame 0 (default: the variant's, 100; rgb 25).",
             minimum=0,
         ),
         Option("crf_lr", float, 0.02, "Learning rate of the CRF training (Adam, amsgrad).", minimum=1e-6),
@@ -335,8 +336,10 @@ class MixtureVOS(Method):
         return build_dinov2(VARIANTS[variant].dinov2)
 
     def _build(self) -> None:
-        cfg = VARIANTS[self.variant]
         opts = self.options
+        cfg = VARIANTS[self.variant]
+        if opts["crf_iters"] is not None:
+            cfg = dataclasses.replace(cfg, crf_iters=opts["crf_iters"])
         self.cfg = cfg
         if cfg.features == "rgb":
             self.features = RgbFeatures(
@@ -406,7 +409,7 @@ class _Session:
         self.prev_final = torch.from_numpy(squashed_out).to(device)
         log.debug("mixture: sizes %s, K_max %d, grid %s, ignored %s", sizes, k_max, geometry.grid, ~fitted)
 
-        self.crf_iters = opts["crf_iters"] or method.cfg.crf_iters
+        self.crf_iters = method.cfg.crf_iters
         self.generator = torch.Generator().manual_seed(opts["seed"])
         self.crfs: list[PacCrf] = []
         if opts["crf"]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from vos.nn_utils import rowblock_mm
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,6 @@ def indicator_thresholds(num_models: int) -> torch.Tensor:
 
 def unit(x: torch.Tensor) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=NORM_EPS)
-
-
-def rowblock_mm(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """rows (n, d) @ cols (m, d)^T as batched GEMMs of ROW_BLOCK rows, so each output row is computed the same way
-    whatever n is (one big GEMM picks kernels by size and can differ in the last bit)."""
-    n = rows.shape[0]
-    blocks = -(-n // ROW_BLOCK)
-    padded = F.pad(rows, (0, 0, 0, blocks * ROW_BLOCK - n)).view(blocks, ROW_BLOCK, -1)
-    out = torch.bmm(padded, cols.t().unsqueeze(0).expand(blocks, -1, -1))
-    return out.reshape(blocks * ROW_BLOCK, -1)[:n]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -552,9 +543,11 @@ def score_cells(
     for start in range(0, n_cells, chunk):
         stop = min(start + chunk, n_cells)
         # logalpha + (kappa * x'.mu + logC), in place (the same additions as written out).
-        joint = rowblock_mm(frame[start:stop], mu).mul_(kappa).add_(log_c).add_(logalpha)  # (c, ISK)
+        joint = (
+            rowblock_mm(frame[start:stop], mu.t(), block=ROW_BLOCK).mul_(kappa).add_(log_c).add_(logalpha)
+        )  # (c, ISK)
         if thresholds is not None:
-            joint.masked_fill_(rowblock_mm(pe_unit[start:stop], mu_pe) <= r, 0.0)
+            joint.masked_fill_(rowblock_mm(pe_unit[start:stop], mu_pe.t(), block=ROW_BLOCK) <= r, 0.0)
         best = joint.clamp_min_(0.0).view(stop - start, num_objects, -1).amax(-1).t()  # (I, c)
         # The gate is per object and cell, so it can be applied after the max over (s, k).
         out[:, start:stop] = best.masked_fill_(~gate[:, start:stop], 0.0)
