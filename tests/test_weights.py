@@ -914,3 +914,11 @@ def test_an_unreachable_hub_is_not_asked_again_for_a_while(monkeypatch):
     with pytest.raises(weights.HubMiss, match="cannot reach the Hub"):
         weights.hub_download("owner/repo", "c.safetensors")
     assert asked_online == [True, False, True]
+
+
+def test_a_network_the_authors_do_not_ship_may_come_from_the_hub():
+    plain = {"title": "t", "hub_file": "x.safetensors", "licence": "MIT"}
+    assert not weights.Entry.from_table("m.part", plain).shared_backbone
+    assert weights.Entry.from_table("m.part", {**plain, "shared": True}).shared_backbone
+    assert weights.Entry.from_table("backbone.x", plain).shared_backbone
+    assert weights.entry("abr.raft_things").shared_backbone  # abr's RAFT is torchvision's, not in the authors' folder

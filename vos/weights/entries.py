@@ -107,6 +107,9 @@ class Entry:
     origin: str = ""
     note: str = ""
     aliases: tuple[str, ...] = ()  # other published names of the same file
+    # Not in the authors' folder of release files (a network they took from elsewhere, e.g. abr's RAFT): a folder
+    # given with --weights may leave it to the Hub. Files under "backbone." are such files by their id.
+    shared: bool = False
     source: Source | None = None
 
     @property
@@ -117,7 +120,7 @@ class Entry:
     @property
     def shared_backbone(self) -> bool:
         """A feature extractor the authors do not ship: a folder of release files may leave it to the Hub."""
-        return self.id.startswith("backbone.")
+        return self.shared or self.id.startswith("backbone.")
 
     @property
     def official(self) -> Source | None:
