@@ -21,6 +21,7 @@ from typing import Any
 import timm
 import torch
 
+from vos.backbones import normalization
 from vos.weights.checkpoint import unwrap_state_dict
 
 ARCH = "xcit_small_12_p8_224"
@@ -28,9 +29,6 @@ EMBED_DIM = 384
 DEPTH = 12
 PATCH = 8
 
-# DINO's normalisation (its video-segmentation pipeline uses std 0.228 for red, not ImageNet's 0.229).
-DINO_MEAN = (0.485, 0.456, 0.406)
-DINO_STD = (0.228, 0.224, 0.225)
 
 _WRAPPERS = ("teacher", "state_dict", "model")
 _PREFIXES = ("module.", "backbone.")
@@ -72,10 +70,8 @@ def convert_dino_xcit(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> DINO-normalised input."""
-    mean = images.new_tensor(DINO_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(DINO_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
+    """(B, 3, H, W) RGB in [0, 1] -> DINO-normalised input (its video pipeline's std 0.228 for red)."""
+    return normalization.normalise(images, normalization.IMAGENET_MEAN, normalization.DINO_STD)
 
 
 def patch_features(model: torch.nn.Module, images: torch.Tensor, *, layer: int = -1, norm: bool = True) -> torch.Tensor:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vos import device as vdevice
+from vos.backbones.normalization import IMAGENET_MEAN, IMAGENET_STD, normalise
 from vos.backbones.resnet import STEM_CHANNELS, make_layer, stem_layers
 from vos.methods.base import (
     SEMI,
@@ -59,8 +60,6 @@ from vos.video import Clip
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STRIDE = 8
 EMBED_DIM = 256
 
@@ -386,8 +385,6 @@ class TransductiveVOS(Method):
                 f"tvos: chunk_size must be 0 (whole frame) or positive, got {self.options['chunk_size']}."
             )
         self.net = self.nets["embedding"]
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
 
     def embed(self, frame: np.ndarray) -> Tensor:
         """The embedding of one uint8 RGB frame: (256, ceil(H/8), ceil(W/8)), at the frame's own resolution.
@@ -395,7 +392,7 @@ class TransductiveVOS(Method):
         The propagation reads features only through this method (tests put a colour feature in its place).
         """
         image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float().div_(255)
-        return self.net(((image - self._mean) / self._std).unsqueeze(0))[0]
+        return self.net(normalise(image, IMAGENET_MEAN, IMAGENET_STD).unsqueeze(0))[0]
 
     @torch.inference_mode()
     def _segment(self, clip: Clip, first_mask: np.ndarray) -> Iterator[np.ndarray]:

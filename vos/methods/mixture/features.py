@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from vos.backbones import xcit
+from vos.backbones.normalization import IMAGENET_MEAN, IMAGENET_STD, normalise
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DINOV2_ARCHS = {"s": "vit_small_patch14_dinov2", "b": "vit_base_patch14_dinov2"}
 
 
@@ -121,10 +120,12 @@ def dinov2_patch_features(model: torch.nn.Module, frame: np.ndarray, device: tor
     size = (max(14, round(h / 14) * 14), max(14, round(w / 14) * 14))
     resized = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     image = _to_tensor(resized, device)
-    mean = image.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = image.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     (tokens,) = model.forward_intermediates(
-        (image - mean) / std, indices=[len(model.blocks) - 1], norm=True, output_fmt="NCHW", intermediates_only=True
+        normalise(image, IMAGENET_MEAN, IMAGENET_STD),
+        indices=[len(model.blocks) - 1],
+        norm=True,
+        output_fmt="NCHW",
+        intermediates_only=True,
     )
     return tokens
 
