@@ -26,6 +26,7 @@ from pages import GPU_QUEUE, gpu_task, on_zero_gpu, user_errors, weights_state
 from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
+from vos import runnable as vrunnable
 from vos import runner
 from vos.device import pick_device
 from vos.methods import UNSUP, MethodInfo, Option, OptionError, available
@@ -113,13 +114,12 @@ def variant_choices(info: MethodInfo, here: dict[str, bool] | None = None) -> li
 
 
 def initial_variant(info: MethodInfo, here: dict[str, bool] | None = None) -> str:
-    """The variant ticked when the page opens: the method's default when its weights are here (or cannot be told),
-    else the first variant that can run here, so that a machine without weights runs something real (mixture's
-    rgb) instead of one "weights missing" tile per method. A Space preloads the weights: there it is the default."""
-    here = here or weights_here(info)
-    if here[info.default_variant]:
-        return info.default_variant
-    return next((v for v in info.variants if here[v]), info.default_variant)
+    """The variant ticked when the page opens: the one a CLI run without --variant takes (vos.runnable), so that a
+    machine without weights runs something real (mixture's rgb variant needs none)."""
+    if here is None:
+        return vrunnable.runnable_variant(info).variant
+    states = {v: vrunnable.WeightsState(needed=True, available=here[v]) for v in info.variants}
+    return vrunnable.runnable_variant(info, states).variant
 
 
 def weights_here(info: MethodInfo) -> dict[str, bool]:
@@ -1005,7 +1005,7 @@ class ComparePage:
         split = [s.strip() for s in (variants or "").split(",") if s.strip()]
         opts = [s.strip() for s in (options or "").split(",") if s.strip()]
         specs, default_weights = runner.parse_method_specs(
-            methods or "all", variants=split, options=opts, weights=[weights or "hub"]
+            methods or "all", variants=split, options=opts, weights=[weights or "hub"], runnable=True
         )
         pick_device(device or "auto")
         request = rs.RunRequest(

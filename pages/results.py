@@ -263,7 +263,7 @@ def tile_images(view: RunView, frames_dir: Path, index: int) -> list[np.ndarray]
     else:
         tiles.append(frame)
     for record in view.records:
-        mask = view.bundle.mask(record.key, index) if record.ok else None
+        mask = view.bundle.mask(record.key, index) if record.has_masks else None
         tiles.append(vmasks.overlay(frame, mask) if mask is not None else _dimmed(frame))
     return tiles
 
@@ -306,7 +306,9 @@ def tile_caption(record: MethodRecord) -> str:
             text += _segments_html(record)
         return text
     label = STATUS_LABELS.get(record.status, record.status)
-    body = f'<div class="vos-caption vos-problem"><b>{html.escape(label.capitalize())}</b>'
+    if record.status == runner.CANCELLED:
+        label = record.stopped_text() + (" (its masks are kept)" if record.has_masks else "")
+    body = f'<div class="vos-caption vos-problem"><b>{html.escape(label[:1].upper() + label[1:])}</b>'
     if record.error:
         body += f'<div class="vos-error">{_code(record.error)}</div>'
     if record.hint:

@@ -398,3 +398,39 @@ def test_bundle_files_have_ordinary_permissions(tmp_path, clip_and_prompt):
     for path in [out, *out.rglob("*")]:
         assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
     assert (out / "side_by_side.mp4").exists()
+
+
+def test_ctrl_c_keeps_the_frames_done(tmp_path, clip_and_prompt, capsys):
+    """The first Ctrl+C stops after the current frame and still writes the bundle, up to that frame."""
+    import signal
+    import threading
+    import time
+
+    clip, prompt, _ = clip_and_prompt
+    out = tmp_path / "run"
+
+    def interrupt_after_two_frames() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(list(tmp_path.glob(".run.*.partial/masks/.fake_copy.partial/*.png"))) >= 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.01)
+
+    threading.Thread(target=interrupt_after_two_frames, daemon=True).start()
+    code = main(
+        [
+            "run", str(clip), "--prompt", str(prompt), "--methods", "fake_copy,fake_unsup", "--device", "cpu",
+            "--weights", "random", "--opt", "fake_copy.delay=0.3", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 1
+    data = json.loads((out / "run.json").read_text())
+    copied, never = data["methods"]
+    assert copied["status"] == "cancelled" and 2 <= copied["frames_done"] < 6 and copied["frames_total"] == 6
+    pngs = sorted(p.name for p in (out / "masks" / "fake_copy").glob("*.png"))
+    assert pngs == [f"{i:05d}.png" for i in range(copied["frames_done"])]
+    assert never["status"] == "cancelled" and never["masks_dir"] is None
+    assert (out / "side_by_side.mp4").stat().st_size > 0
+    assert "Stopped (Ctrl+C)" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the run

@@ -140,7 +140,7 @@ def grid_image(bundle: Bundle, index: int, keys: list[str]) -> np.ndarray | None
         mask = bundle.mask(m["key"], index)
         record = _record(m)
         image = vmasks.overlay(frame, mask) if mask is not None else frame
-        tiles.append(vmasks.Tile(image, tile_title(record), record.status_line(), ok=record.ok))
+        tiles.append(vmasks.Tile(image, tile_title(record), record.status_line(), ok=record.has_masks))
     return vmasks.compose_grid(tiles)
 
 

@@ -25,6 +25,8 @@ import platform
 import re
 import secrets
 import shutil
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,6 +41,7 @@ from tqdm.auto import tqdm
 import vos
 from vos import device as vdevice
 from vos import masks as vmasks
+from vos import runnable as vrunnable
 from vos.errors import VosError
 from vos.methods import base as mbase
 from vos.video import Clip, Limits, open_clip, write_mp4
@@ -76,6 +79,7 @@ class MethodSpec:
     variant: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # None: the run's default
+    variant_note: str | None = None  # why this variant and not the default (vos.runnable.choose_variants)
 
     def validated(self) -> MethodSpec:
         """Check key, variant and options now, before any work, so a typo fails fast with the valid values."""
@@ -83,7 +87,7 @@ class MethodSpec:
         variant = info.check_variant(self.variant)
         options = info.resolve_options(self.options)
         overridden = {k: v for k, v in options.items() if k in self.options}
-        return MethodSpec(self.key, variant, overridden, self.weights)
+        return MethodSpec(self.key, variant, overridden, self.weights, self.variant_note)
 
 
 def parse_method_specs(
@@ -92,11 +96,13 @@ def parse_method_specs(
     variants: Iterable[str] = (),
     options: Iterable[str] = (),
     weights: Iterable[str] = (),
+    runnable: bool = False,
 ) -> tuple[list[MethodSpec], str]:
     """Turn CLI strings into validated MethodSpecs and the default weights spec.
 
     methods: "all" or "k1,k2"; variants: "key=variant"; options: "key.name=value"; weights: "SPEC" (every method)
-    or "key=SPEC" (one method). Weights specs naming a file or folder must exist.
+    or "key=SPEC" (one method). Weights specs naming a file or folder must exist. ``runnable``: a method whose
+    variant is not named gets one that can run on this machine (vos.runnable), as the app does.
     """
     known = mbase.list_keys()
     if isinstance(methods, str):
@@ -107,6 +113,9 @@ def parse_method_specs(
         mbase.method_class(key)  # raises UnknownMethod with a suggestion
     specs = [MethodSpec(key) for key in keys]
     default_weights = apply_overrides(specs, variants=variants, options=options, weights=weights)
+    if runnable:
+        named = {text.partition("=")[0].strip() for text in variants}
+        vrunnable.choose_variants(specs, named, default_weights or "hub")
     return [spec.validated() for spec in specs], default_weights or "hub"
 
 
@@ -216,7 +225,9 @@ class MethodRecord:
     error: str | None = None
     hint: str | None = None  # what to do about the error
     frames_done: int = 0
+    frames_total: int | None = None  # the clip's frames, so a stopped method can say how far it got
     stage: str | None = None  # the latest progress the method reported, e.g. "flow 12/80"
+    variant_note: str | None = None  # why this variant and not the method's default (chosen to run here)
     load_s: float | None = None
     first_frame_s: float | None = None
     segment_s: float | None = None
@@ -235,6 +246,17 @@ class MethodRecord:
     def ok(self) -> bool:
         return self.status == OK
 
+    @property
+    def has_masks(self) -> bool:
+        """Finished, or stopped after some frames: its label maps are in the bundle (frames 0..frames_done-1)."""
+        return self.masks_dir is not None
+
+    def stopped_text(self) -> str:
+        """ "stopped at frame k of N": k frames were segmented (0..k-1) before the user stopped the run."""
+        if self.frames_total is None:
+            return "stopped before it started"
+        return f"stopped at frame {self.frames_done} of {self.frames_total}"
+
     def status_line(self) -> str:
         """One line for a tile: speed and memory, or what went wrong."""
         if self.status == OK:
@@ -246,11 +268,12 @@ class MethodRecord:
             if self.scores and "J&F" in self.scores:
                 parts.append(f"J&F {self.scores['J&F']:.3f}")
             return " · ".join(parts)
+        if self.status == CANCELLED:
+            return self.stopped_text()
         labels = {
             FAILED: "failed",
             OOM: "out of memory",
             NO_WEIGHTS: "weights missing",
-            CANCELLED: "cancelled",
             PENDING: "waiting",
             RUNNING: "running",
         }
@@ -383,7 +406,7 @@ def _explain(err: BaseException, record: MethodRecord) -> None:
         # `weights fetch` fills the cache from the manifest's sources: it helps only when the weights were to come
         # from there (hub) and the error says such a source exists; its message carries the command exactly then.
         if from_manifest and err.fetchable:
-            record.hint = err.command
+            record.hint = vrunnable.missing_weights_hint(record.key, err.command)
         elif not from_manifest:
             record.hint = (
                 f"Check --weights {spec}: it must point at this method's weights (a file, a folder of them, or an "
@@ -437,7 +460,11 @@ def run_methods(
     records = []
     for spec in specs:
         info = mbase.get_info(spec.key)
-        records.append(MethodRecord(spec.key, info.title, info.task, spec.variant or info.default_variant))
+        records.append(
+            MethodRecord(
+                spec.key, info.title, info.task, spec.variant or info.default_variant, variant_note=spec.variant_note
+            )
+        )
     result = RunResult(
         out_dir=out_dir,
         clip=clip,
@@ -478,6 +505,7 @@ def _run_one(
     shutil.rmtree(final_dir, ignore_errors=True)
     partial_dir.mkdir(parents=True)
     record.status = RUNNING
+    record.frames_total = clip.num_frames
     record.device = str(torch_device)
     # What was asked for, kept even if the method cannot be built; replaced by method.config() once it is.
     record.config = {
@@ -509,12 +537,14 @@ def _run_one(
             record.peak_memory_mib = round(memory.peak_mib, 1)
             if memory.reserved_bytes is not None:
                 record.reserved_memory_mib = round(memory.reserved_bytes / 2**20, 1)
-    if record.status == OK:
+    # A stopped method keeps the frames it finished: the bundle says "stopped at frame k of N".
+    if record.status == OK or (record.status == CANCELLED and record.frames_done > 0):
         partial_dir.rename(final_dir)
         record.masks_dir = str(final_dir.relative_to(result.out_dir))
         if matcher is not None:
             record.segment_ids = {str(k): v for k, v in matcher.mapping.items()}
             record.extra_ids = list(matcher.extra_ids)
+    if record.status == OK:
         if ground_truth:
             try:
                 record.scores = score_against(final_dir, ground_truth, record.task)
@@ -664,9 +694,9 @@ def grid_frames(result: RunResult) -> Iterator[np.ndarray]:
             )
         ]
         for record in result.records:
-            label_map = result.read_mask(record.key, index) if record.ok else None
+            label_map = result.read_mask(record.key, index) if record.has_masks else None
             image = vmasks.overlay(frame, label_map) if label_map is not None else frame
-            tiles.append(vmasks.Tile(image, tile_title(record), record.status_line(), ok=record.ok))
+            tiles.append(vmasks.Tile(image, tile_title(record), record.status_line(), ok=record.has_masks))
         yield vmasks.compose_grid(tiles)
 
 
@@ -808,7 +838,7 @@ def _plan_from_args(args) -> _Plan:
     if not args.clip or not args.prompt:
         raise RunError("Give a clip and its first-frame mask: python -m vos run CLIP --prompt MASK.png --out DIR")
     specs, default_weights = parse_method_specs(
-        args.methods or "all", variants=args.variant, options=args.opt, weights=args.weights
+        args.methods or "all", variants=args.variant, options=args.opt, weights=args.weights, runnable=True
     )
     return _Plan(
         clip=args.clip,
@@ -912,26 +942,29 @@ def command_run(args) -> int:
 
     created = _make_parents(out_dir)
     work = None
+    cancel = threading.Event()
     try:
         work = _new_work_dir(out_dir)
-        result = run_methods(
-            clip,
-            prompt,
-            plan.specs,
-            work,
-            device=plan.device,
-            dtype=plan.dtype,
-            weights=plan.weights,
-            ground_truth=ground_truth,
-            write_video=not args.no_video,
-            settings={
-                "max_side": plan.max_side,
-                "max_frames": plan.limits.max_frames,
-                "max_seconds": plan.limits.max_seconds,
-                "fps": plan.fps,
-                "gt": str(Path(plan.gt).absolute()) if plan.gt else None,
-            },
-        )
+        with _stop_on_interrupt(cancel):
+            result = run_methods(
+                clip,
+                prompt,
+                plan.specs,
+                work,
+                device=plan.device,
+                dtype=plan.dtype,
+                weights=plan.weights,
+                ground_truth=ground_truth,
+                write_video=not args.no_video,
+                cancel=cancel,
+                settings={
+                    "max_side": plan.max_side,
+                    "max_frames": plan.limits.max_frames,
+                    "max_seconds": plan.limits.max_seconds,
+                    "fps": plan.fps,
+                    "gt": str(Path(plan.gt).absolute()) if plan.gt else None,
+                },
+            )
         if out_dir.exists():
             out_dir.rmdir()  # verified empty above
         work.rename(out_dir)
@@ -943,8 +976,34 @@ def command_run(args) -> int:
                 folder.rmdir()
         raise
     print(summary_table(result.records))
+    if cancel.is_set():
+        print("Stopped (Ctrl+C): every method kept the frames it finished; run.json says how far each got.")
     print(f"Run bundle: {out_dir}")
     return 0 if all(r.ok for r in result.records) else 1
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(cancel: threading.Event) -> Iterator[None]:
+    """The first Ctrl+C stops the run after the current frame (the bundle keeps what was done); a second one
+    aborts at once, leaving no bundle."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print(
+            "\nStopping after the current frame; the bundle keeps what is done (Ctrl+C again to abort).",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def summary_table(records: Sequence[MethodRecord]) -> str:
