@@ -221,10 +221,11 @@ def clip_notice(session: pr.PromptSession) -> str:
 
 def prompt_status(session: pr.PromptSession, labels: np.ndarray) -> str:
     entries = pr.legend_entries(session, labels)
+    engine = f'<div class="vos-engine">Masks made by {html.escape(pr.engine_text())}</div>'
     if not entries:
         tool_hint = "Click on an object in the frame to mark it."
-        return f'<div class="vos-hint-box">{tool_hint} Each click updates the mask preview.</div>'
-    return rs.swatches_html(entries)
+        return f'<div class="vos-hint-box">{tool_hint} Each click updates the mask preview.</div>' + engine
+    return rs.swatches_html(entries) + engine
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1038,6 +1039,7 @@ CSS = """
 .vos-small, .vos-small p { font-size: 0.85rem !important; color: var(--body-text-color-subdued); }
 .vos-clip-info blockquote { margin: 4px 0; padding: 4px 8px; border-left: 3px solid #e6a700;
   background: rgba(230, 167, 0, 0.08); }
+.vos-engine { margin-top: 4px; font-size: 0.8rem; color: var(--body-text-color-subdued); }
 .vos-hint-box { padding: 8px 10px; border-radius: 8px; background: var(--background-fill-secondary);
   font-size: 0.9rem; }
 .vos-legend { display: inline-flex; flex-wrap: wrap; gap: 4px 12px; }

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vos import click_engine
 from vos import masks as vmasks
 from vos import prompts as vprompts
 from vos.video import Clip, Limits, open_clip
@@ -322,7 +323,8 @@ def label_map(session: PromptSession, frame: np.ndarray | None = None) -> np.nda
     if not prompted:
         return result
     frame = session.first_frame() if frame is None else frame
-    marked = vprompts.prompts_to_mask(frame, [_object_prompt(o) for _, o in prompted])
+    engine = click_engine.load_engine()
+    marked = vprompts.prompts_to_mask(frame, [_object_prompt(o) for _, o in prompted], engine=engine)
     for rank, (index, _) in enumerate(prompted, start=1):
         result[marked == rank] = session.object_id(index)
     return result
@@ -388,6 +390,11 @@ def preview(session: PromptSession, labels: np.ndarray | None = None, frame: np.
         cv2.drawMarker(image, corner, (255, 255, 255), cv2.MARKER_CROSS, radius * 4 + 4, thickness + 2)
         cv2.drawMarker(image, corner, (20, 20, 20), cv2.MARKER_CROSS, radius * 4, thickness)
     return image
+
+
+def engine_text() -> str:
+    """Which engine turns clicks into masks here, and why not SAM 2 when it is GrabCut."""
+    return click_engine.load_engine().describe()
 
 
 def object_choices(session: PromptSession) -> list[tuple[str, int]]:

@@ -1,0 +1,129 @@
+"""The click engines behind the Compare page's prompts: SAM 2 (a tiny random-weight configuration; nothing is
+downloaded) and the GrabCut fallback, and how one is chosen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vos import click_engine as ce
+from vos import prompts
+
+SIDE = 256  # the tiny model's input side (the release's is 1024)
+
+
+def tiny_sam2() -> ce.Sam2Engine:
+    """SAM 2 with the release's structure, shrunk: four Hiera stages, a windowed and a global block, 32 channels."""
+    torch.manual_seed(0)
+    config = ce.sam2_config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model",
+                hidden_size=16,
+                image_size=[SIDE, SIDE],
+                blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=[16, 32, 64, 128],
+                num_attention_heads_per_stage=[1, 1, 2, 2],
+                global_attention_blocks=[3],
+                window_positional_embedding_background_size=[4, 4],
+            ),
+            backbone_channel_list=[128, 64, 32, 16],
+            backbone_feature_sizes=[[SIDE // 4] * 2, [SIDE // 8] * 2, [SIDE // 16] * 2],
+            fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=SIDE),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2),
+    )
+    return ce.Sam2Engine(ce._sam2_model(None, config), "tiny SAM 2 (random weights)")
+
+
+@pytest.fixture(scope="module")
+def engine() -> ce.Sam2Engine:
+    return tiny_sam2()
+
+
+def image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def test_one_click_gives_a_mask_and_later_clicks_reuse_the_embedding(engine):
+    frame = image()
+    before = engine.encodes
+    first = prompts.prompts_to_mask(frame, [prompts.ObjectPrompt(clicks=[prompts.Click(30, 20)])], engine=engine)
+    assert first.shape == (48, 64) and first.dtype == np.uint8 and set(np.unique(first)) <= {0, 1}
+    assert first[20, 30] == 1  # the clicked pixel is the object's whatever the weights (prompts' marked pixels)
+    refined = prompts.ObjectPrompt(
+        clicks=[prompts.Click(30, 20), prompts.Click(5, 5, positive=False)], boxes=[prompts.Box(10, 10, 50, 40)]
+    )
+    prompts.prompts_to_mask(frame, [refined], engine=engine)
+    assert engine.encodes == before + 1  # the image was encoded once for both calls
+    prompts.prompts_to_mask(image(1), [refined], engine=engine)
+    assert engine.encodes == before + 2  # another image, another embedding
+
+
+def test_masks_follow_the_decoder_output(engine, monkeypatch):
+    """Box prompts are decoded one box at a time and united; one lone click asks for SAM's three masks."""
+    calls = []
+
+    def decode(found, clicks, box):
+        calls.append((len(clicks), box))
+        mask = np.zeros((48, 64), bool)
+        if box is not None:
+            mask[int(box.y0) : int(box.y1), int(box.x0) : int(box.x1)] = True
+        return mask
+
+    monkeypatch.setattr(engine, "_decode", decode)
+    two_boxes = prompts.ObjectPrompt(
+        clicks=[prompts.Click(5, 5)], boxes=[prompts.Box(0, 0, 10, 10), prompts.Box(40, 30, 30, 20)]
+    )
+    mask = engine(image(), two_boxes)
+    assert calls == [(1, prompts.Box(0, 0, 10, 10)), (0, prompts.Box(30, 20, 40, 30))]
+    assert mask[:10, :10].all() and mask[20:30, 30:40].all() and mask.sum() == 200
+
+
+def test_decoder_takes_points_in_image_pixels(engine):
+    """The processor scales clicks from the image's size to the model's input side."""
+    found = engine.embedding(image())
+    encoded = engine.processor(
+        images=None,
+        original_sizes=found.original_size.tolist(),
+        input_points=[[[[32.0, 24.0]]]],
+        input_labels=[[[1]]],
+        return_tensors="pt",
+    )
+    assert torch.allclose(encoded["input_points"][0, 0, 0], torch.tensor([32 * SIDE / 64, 24 * SIDE / 48]))
+
+
+def test_hub_without_weights_falls_back_to_grabcut():
+    ce._load_engine.cache_clear()
+    chosen = ce.load_engine("hub")
+    assert isinstance(chosen, ce.GrabCutEngine)
+    assert f"python -m vos weights fetch {ce.CLICK_WEIGHTS}" in chosen.describe()
+    mask = prompts.prompts_to_mask(image(), [prompts.ObjectPrompt(clicks=[prompts.Click(30, 20)])], engine=chosen)
+    assert mask[20, 30] == 1
+
+
+def test_engine_from_the_environment(monkeypatch):
+    ce._load_engine.cache_clear()
+    monkeypatch.setenv(ce.ENGINE_ENV, "grabcut")
+    chosen = ce.load_engine()
+    assert isinstance(chosen, ce.GrabCutEngine) and chosen.note == ""
+
+
+def test_bad_specs_say_what_is_wrong(tmp_path):
+    ce._load_engine.cache_clear()
+    with pytest.raises(ce.ClickEngineError, match="no such file"):
+        ce.load_engine(str(tmp_path / "missing.safetensors"))
+    partial = tmp_path / "partial.safetensors"
+    save_file({"no_memory_embedding": torch.zeros(1, 1, 256)}, str(partial))
+    with pytest.raises(ce.ClickEngineError, match="lack .* tensors of the image model"):
+        ce.load_engine(str(partial))
+
+
+def test_weights_list_names_the_click_engine():
+    from vos import weights as vweights
+
+    rows = vweights.weights_rows()
+    assert any(file_id == ce.CLICK_WEIGHTS for _, _, file_id in rows)
