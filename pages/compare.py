@@ -248,13 +248,14 @@ def run_job(
         prompt = vmasks.read_palette_png(session.prompt_path, size=session.size)
         out_dir = rs.new_run_dir(session.path, session.clip_name)
         live = None
-        for live in rs.run_in_background(clip, prompt, request, out_dir, cancel=cancel):
+        frames = session.path / "frames"
+        for live in rs.run_in_background(clip, prompt, request, out_dir, cancel=cancel, frames_dir=frames):
             if not live.done:
-                yield rs.live_html(live.records, clip.num_frames), None
+                yield rs.live_html(live.records, clip.num_frames, live.timings, live.previews), None
         assert live is not None and live.done
         if live.error is not None:
             raise live.error
-        yield rs.live_html(live.records, clip.num_frames), str(out_dir)
+        yield rs.live_html(live.records, clip.num_frames, live.timings, live.previews), str(out_dir)
     finally:
         _CANCELS.pop(token, None)
 
@@ -879,7 +880,7 @@ class ComparePage:
         event = _CANCELS.get(token)
         if event is not None:
             event.set()
-            gr.Info("Stopping after the current frame; methods that finished keep their results.")
+            gr.Info("Stopping after the current frame; every method keeps the frames it finished.")
         return gr.Button(interactive=False)
 
     @user_errors
@@ -1056,10 +1057,13 @@ CSS = """
 .vos-options > .form { display: grid !important; flex: 1 1 100% !important; width: 100%;
   grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); }
 .vos-options > .form > * { min-width: 0 !important; }
-.vos-live { display: flex; flex-direction: column; gap: 6px; padding: 6px 2px; }
+.vos-live { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 10px; padding: 6px 2px; }
 .vos-live:empty { display: none; }
-.vos-live-row { display: grid; grid-template-columns: minmax(120px, 1.3fr) 2fr minmax(110px, 1.3fr); gap: 10px;
-  align-items: center; font-size: 0.9rem; }
+.vos-live-row { display: flex; flex-direction: column; gap: 4px; font-size: 0.88rem; padding: 6px;
+  border: 1px solid var(--border-color-primary); border-radius: 8px; background: var(--block-background-fill); }
+.vos-live-picture img, .vos-live-empty { display: block; width: 100%; aspect-ratio: 4 / 3; object-fit: contain;
+  border-radius: 4px; background: var(--background-fill-secondary); }
+.vos-live-state { font-variant-numeric: tabular-nums; }
 .vos-live-name small { color: var(--body-text-color-subdued); }
 .vos-live-bar { height: 8px; background: var(--background-fill-secondary); border-radius: 4px; overflow: hidden; }
 .vos-live-bar span { display: block; height: 100%; background: var(--color-accent); transition: width 0.4s; }
@@ -1100,8 +1104,7 @@ CSS = """
   .vos-step { padding: 10px 6px 12px !important; }
   .vos-methods { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 6px; }
   .vos-frame-row { flex-wrap: wrap; }
-  .vos-live-row { grid-template-columns: 1fr 1fr; }
-  .vos-live-bar { grid-column: 1 / -1; grid-row: 2; }
+  .vos-live { grid-template-columns: 1fr 1fr; }
   .vos-tiles { grid-template-columns: 1fr; }
 }
 """

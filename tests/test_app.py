@@ -24,7 +24,7 @@ from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
 from vos import runner
-from vos.runner import MethodSpec
+from vos.runner import MethodRecord, MethodSpec
 from vos.synthetic import moving_shapes
 from vos.video import Limits, write_mp4
 
@@ -309,6 +309,40 @@ def test_running_in_background_yields_progress_and_stops_when_closed(tiny):
     assert "Fake Copy" in rs.live_html(first.records, 8)
     stream.close()
     assert cancel.is_set()
+
+
+def test_live_snapshots_carry_each_methods_latest_label_map(tiny):
+    """While a run goes on, each method's tile shows its latest frame with its mask, and its line says the frame,
+    the elapsed time and the time left."""
+    import threading
+
+    session = pr.set_uploaded_mask(pr.start_session(tiny["clip"], Limits()), tiny["mask"])
+    labels, _ = pr.save_prompt(session)
+    request = rs.RunRequest([MethodSpec("fake_copy", options={"delay": 0.3})], device="cpu")
+    stream = rs.run_in_background(
+        session.clip(), labels, request, session.path / "run", cancel=threading.Event(), interval=0.1,
+        frames_dir=session.path / "frames",
+    )  # fmt: skip
+    seen, lines = [], 0
+    for live in stream:
+        if not live.done and live.previews.get("fake_copy"):
+            seen.append((live.records[0].frames_done, live.previews["fake_copy"]))
+            page = rs.live_html(live.records, live.records[0].frames_total, live.timings, live.previews)
+            assert 'src="data:image/jpeg;base64,' in page
+            if live.records[0].status == runner.RUNNING and live.records[0].frames_done >= 2:
+                assert re.search(r"frame \d+/8 · 0:0\d elapsed · ~0:0\d left", page)
+                lines += 1
+    assert len({preview for _, preview in seen}) >= 2  # the picture changed as frames arrived
+    assert lines > 0
+    assert live.done and live.result.records[0].ok
+
+
+def test_live_line_before_frame_zero_shows_the_stage_and_its_time_left():
+    record = MethodRecord("m", "M", "semi", "v", status=runner.RUNNING, frames_total=10, load_s=1.0)
+    record.stage = "fitting the mixtures 25/100"
+    timing = rs.Timing(started=0.0, stage="fitting the mixtures", stage_started=10.0)
+    line = rs.live_detail(record, 10, timing, now=20.0)
+    assert line == "fitting the mixtures 25/100 · 0:20 elapsed · ~0:30 left in this stage"
 
 
 # --------------------------------------------------------------------------------------------------------------
