@@ -106,9 +106,13 @@ class PromptSession:
     def prompt_path(self) -> Path:
         return self.path / "prompt.png"
 
-    def clip(self) -> Clip:
-        """The clip, reopened with the limits it was uploaded under (same size, same frames)."""
-        return open_clip(self.clip_path, self.limits, fps=self.fps)
+    def clip(self, max_frames: int | None = None) -> Clip:
+        """The clip, reopened with the limits it was uploaded under (same size, same frames), or only its first
+        ``max_frames`` frames (the Compare page's frames control)."""
+        limits = self.limits
+        if max_frames and max_frames < self.num_frames:
+            limits = dataclasses.replace(limits, max_frames=int(max_frames))
+        return open_clip(self.clip_path, limits, fps=self.fps)
 
     def first_frame(self) -> np.ndarray:
         return np.asarray(Image.open(self.frame_path).convert("RGB"))
@@ -398,8 +402,14 @@ def engine_text() -> str:
 
 
 def object_choices(session: PromptSession) -> list[tuple[str, int]]:
-    """(label, index) of each marked object, for a radio: "Object 3 · 2 include, 1 box"."""
-    return [(f"Object {session.object_id(i)} · {o.describe()}", i) for i, o in enumerate(session.objects)]
+    """(label, index) of each marked object, for a radio: "Object 3 · 2 include, 1 box". An object not marked yet
+    says what to do ("Object 3 · new: click the frame to mark it"), not "empty": after an uploaded mask with
+    objects 1 and 2 it is the next object, and the legend shows only the objects that exist."""
+    choices = []
+    for i, o in enumerate(session.objects):
+        text = o.describe() if o.marks or o.brush else "new: click the frame to mark it"
+        choices.append((f"Object {session.object_id(i)} · {text}", i))
+    return choices
 
 
 def legend_entries(session: PromptSession, labels: np.ndarray) -> list[vmasks.LegendEntry]:

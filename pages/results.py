@@ -42,6 +42,7 @@ class RunRequest:
     specs: list[MethodSpec]
     device: str = "auto"
     max_side: int | None = 854  # the methods' working resolution (long side); None = the clip's size
+    max_frames: int | None = None  # run on the clip's first frames only; None = all
     weights: str = "hub"
     ground_truth: str | None = None  # a zip or folder of palette PNGs
 
@@ -365,13 +366,13 @@ def frame_path(frames_dir: Path, index: int) -> Path:
 
 def extract_frames(clip: Clip, frames_dir: Path) -> Path:
     """Every frame of ``clip`` at its output size as JPEG, once: the frame slider reads these, not the video."""
-    marker = frames_dir / ".complete"
-    if marker.exists():
+    marker = frames_dir / ".complete"  # holds how many frames are there (a run may use only the first ones)
+    if marker.exists() and int(marker.read_text() or 0) >= clip.num_frames:
         return frames_dir
     frames_dir.mkdir(parents=True, exist_ok=True)
     for index, frame in enumerate(clip.output_frames()):
         Image.fromarray(_display(frame)).save(frame_path(frames_dir, index), quality=FRAME_QUALITY)
-    marker.touch()
+    marker.write_text(str(clip.num_frames))
     return frames_dir
 
 
@@ -402,6 +403,28 @@ def tile_images(view: RunView, frames_dir: Path, index: int) -> list[np.ndarray]
         mask = view.bundle.mask(record.key, index) if record.has_masks else None
         tiles.append(vmasks.overlay(frame, mask) if mask is not None else _dimmed(frame))
     return tiles
+
+
+def tile_files(view: RunView, frames_dir: Path, index: int) -> list[Path]:
+    """``tile_images`` composed once per frame and kept as JPEG files beside the frames: scrubbing back and playing
+    again serve files, and the browser swaps one picture for the next without composing anything."""
+    index = max(0, min(int(index), view.num_frames - 1))
+    folder = frames_dir / "tiles" / view.path.name
+    paths = [folder / f"{index:05d}_{tile}.jpg" for tile in range(len(view.records) + 1)]
+    if not all(p.exists() for p in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, image in zip(paths, tile_images(view, frames_dir, index)):
+            part = path.with_suffix(f".{threading.get_ident()}.part")
+            Image.fromarray(image).save(part, format="JPEG", quality=FRAME_QUALITY)
+            part.replace(path)  # a tile being written by another callback is never read half-written
+    return paths
+
+
+def playing_index(start_index: int, started: float, fps: float, num_frames: int, now: float | None = None) -> int:
+    """The frame to show while playing: the clip's own frame rate in wall time, so a slow round trip skips frames
+    instead of slowing the clip down."""
+    now = time.monotonic() if now is None else now
+    return (start_index + int((now - started) * fps)) % max(1, num_frames)
 
 
 def tile_label(record: MethodRecord) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 
 import tests.fakes  # noqa: F401 -- registers the fake_* methods
 from pages import prompting as pr
@@ -396,7 +397,9 @@ def test_compare_page_callbacks_run_a_comparison(tiny):
     assert "tiny_masks.zip" in str(out[page.download_masks].value)
     assert out[page.download_bundle].label.startswith("⬇ Run bundle (zip) · ")
     images = page.on_frame(session, run_dir, 5)
-    assert images[0].shape[:2] == (96, 128) and sum(i is not None for i in images) == 3
+    assert sum(i is not None for i in images) == 3
+    assert np.asarray(Image.open(images[0])).shape[:2] == (96, 128)
+    assert page.on_frame(session, run_dir, 5) == images  # composed once, then served as files
 
 
 def test_run_refuses_an_empty_prompt_and_no_methods(tiny):
@@ -478,9 +481,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_app(folder: Path, plugins: str = "tests.fakes") -> Iterator[str]:
-    """``python app.py`` in a subprocess on a free port, with the fake methods registered by default; yields its
-    URL."""
+def launched_app(folder: Path, plugins: str = "tests.fakes", env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python app.py`` in a subprocess on a free port, with the fake methods registered by default (and ``env``
+    added to its environment); yields its URL."""
     port = free_port()
     log = folder / "app.log"
     env = {
@@ -490,6 +493,7 @@ def launched_app(folder: Path, plugins: str = "tests.fakes") -> Iterator[str]:
         "HF_HUB_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         pr.SESSIONS_ENV: str(folder / "sessions"),
+        **(env or {}),
     }
     with log.open("w") as stream:
         process = subprocess.Popen(

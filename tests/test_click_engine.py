@@ -8,40 +8,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.fakes import TINY_SAM2_SIDE, tiny_sam2
 from vos import click_engine as ce
 from vos import prompts
-
-SIDE = 256  # the tiny model's input side (the release's is 1024)
-
-
-def tiny_sam2() -> ce.Sam2Engine:
-    """SAM 2 with the release's structure, shrunk: four Hiera stages, a windowed and a global block, 32 channels."""
-    torch.manual_seed(0)
-    config = ce.sam2_config(
-        vision_config=dict(
-            backbone_config=dict(
-                model_type="sam2_hiera_det_model",
-                hidden_size=16,
-                image_size=[SIDE, SIDE],
-                blocks_per_stage=[1, 1, 2, 1],
-                embed_dim_per_stage=[16, 32, 64, 128],
-                num_attention_heads_per_stage=[1, 1, 2, 2],
-                global_attention_blocks=[3],
-                window_positional_embedding_background_size=[4, 4],
-            ),
-            backbone_channel_list=[128, 64, 32, 16],
-            backbone_feature_sizes=[[SIDE // 4] * 2, [SIDE // 8] * 2, [SIDE // 16] * 2],
-            fpn_hidden_size=32,
-        ),
-        prompt_encoder_config=dict(hidden_size=32, image_size=SIDE),
-        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2),
-    )
-    return ce.Sam2Engine(ce._sam2_model(None, config), "tiny SAM 2 (random weights)")
 
 
 @pytest.fixture(scope="module")
 def engine() -> ce.Sam2Engine:
     return tiny_sam2()
+
+
+SIDE = TINY_SAM2_SIDE
 
 
 def image(seed: int = 0) -> np.ndarray:
@@ -110,6 +87,8 @@ def test_engine_from_the_environment(monkeypatch):
     monkeypatch.setenv(ce.ENGINE_ENV, "grabcut")
     chosen = ce.load_engine()
     assert isinstance(chosen, ce.GrabCutEngine) and chosen.note == ""
+    monkeypatch.setenv(ce.ENGINE_ENV, "tiny-random")  # registered by tests.fakes, as a VOS_PLUGINS module would
+    assert ce.load_engine() is ce.load_engine() and isinstance(ce.load_engine(), ce.Sam2Engine)
 
 
 def test_bad_specs_say_what_is_wrong(tmp_path):

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,10 +230,21 @@ def load_engine(spec: str | None = None) -> ClickEngine:
     return _load_engine(spec)
 
 
+FACTORIES: dict[str, Callable[[], ClickEngine]] = {}  # named engines plugins add (tests: a tiny random SAM 2)
+
+
+def register_engine(name: str, factory: Callable[[], ClickEngine]) -> None:
+    """Make ``name`` a click-engine spec (e.g. from a VOS_PLUGINS module); the factory runs once, on first use."""
+    FACTORIES[name] = factory
+    _load_engine.cache_clear()
+
+
 @functools.lru_cache(maxsize=4)
 def _load_engine(spec: str) -> ClickEngine:
     from vos import weights as vweights
 
+    if spec in FACTORIES:
+        return FACTORIES[spec]()
     if spec == GRABCUT:
         return GrabCutEngine()
     if spec == RANDOM:

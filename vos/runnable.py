@@ -120,3 +120,39 @@ def missing_weights_hint(key: str, command: str) -> str:
     if not free:
         return command
     return f"{command} (or run without weights: --variant {key}={free[0]})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Defaults for the machine
+
+# On a CPU a run at the release resolutions takes many minutes (mixture's first frame alone: about two minutes at
+# 427x320 on 2 cores). Without a choice from the user, runs on a CPU use a small working resolution and a short clip,
+# so that the bundled example (320x240, 48 frames) gives results with every method that can run in about a minute.
+# A long side below the clip's own also brings the methods with a release rule (mixture: short side 480) down.
+CPU_MAX_SIDE = 240
+CPU_MAX_FRAMES = 48
+
+
+@dataclass(frozen=True)
+class MachineDefaults:
+    max_side: int | None  # the working resolution's long side (None: the clip's own)
+    max_frames: int | None  # frames to run (None: all)
+
+    def describe(self) -> str:
+        if self.max_side is None and self.max_frames is None:
+            return ""
+        return (
+            f"On the CPU, runs use a working resolution of {self.max_side} px (long side) and at most "
+            f"{self.max_frames} frames unless told otherwise (--max-side / --max-frames, or the Compare page's "
+            "resolution and frames controls), so that a run ends in about a minute."
+        )
+
+
+def machine_defaults(device: str = "auto") -> MachineDefaults:
+    """The working resolution and frame limit a run uses when the user gives none: the clip's own on a GPU,
+    small ones on a CPU."""
+    from vos.device import pick_device
+
+    if pick_device(device).type == "cpu":
+        return MachineDefaults(CPU_MAX_SIDE, CPU_MAX_FRAMES)
+    return MachineDefaults(None, None)

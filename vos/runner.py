@@ -690,7 +690,7 @@ def grid_frames(result: RunResult) -> Iterator[np.ndarray]:
             vmasks.Tile(
                 vmasks.overlay(frame, prompt) if index == 0 else frame,
                 "Input" + (" + prompt" if index == 0 else ""),
-                f"frame {index + 1}/{result.clip.num_frames}",
+                f"frame {index} of 0-{result.clip.num_frames - 1}",  # counted from 0, as the app's slider
             )
         ]
         for record in result.records:
@@ -935,6 +935,8 @@ def command_run(args) -> int:
             raise vdevice.DeviceUnavailable(f"{err} ({args.from_run} records --device {plan.device}.)") from None
         raise
     vdevice.pick_dtype(plan.dtype, torch_device)
+    if not args.from_run:
+        _apply_machine_defaults(plan, args, str(torch_device))
     clip = open_clip(plan.clip, plan.limits, fps=plan.fps).with_max_side(plan.max_side)
     prompt = vmasks.read_palette_png(plan.prompt, size=clip.size)
     mbase.check_first_mask(prompt, clip.size)
@@ -980,6 +982,19 @@ def command_run(args) -> int:
         print("Stopped (Ctrl+C): every method kept the frames it finished; run.json says how far each got.")
     print(f"Run bundle: {out_dir}")
     return 0 if all(r.ok for r in result.records) else 1
+
+
+def _apply_machine_defaults(plan: _Plan, args, device: str) -> None:
+    """--max-side and --max-frames the user left out take the machine's defaults (small on a CPU), said in the log."""
+    defaults = vrunnable.machine_defaults(device)
+    applied = False
+    if args.max_side is None and defaults.max_side is not None:
+        plan.max_side, applied = defaults.max_side, True
+    if args.max_frames is None and args.max_seconds is None and defaults.max_frames is not None:
+        plan.limits = Limits(max_frames=defaults.max_frames, max_seconds=plan.limits.max_seconds)
+        applied = True
+    if applied:
+        log.warning("%s", defaults.describe())
 
 
 @contextlib.contextmanager
