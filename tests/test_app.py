@@ -426,14 +426,23 @@ def test_run_refuses_an_empty_prompt_and_no_methods(tiny):
 
 def test_the_page_opens_on_a_variant_that_can_run_here(monkeypatch):
     from pages import WeightsState, compare
+    from vos import runnable as vrunnable
     from vos.methods import get_info
 
     mixture, tvos = get_info("mixture"), get_info("tvos")
     # The test's Hugging Face home is empty: no checkpoint is here.
     assert compare.initial_variant(mixture) == "rgb"  # runs with no weights at all
+    specs, _ = runner.parse_method_specs("mixture,tvos", runnable=True)  # the CLI's and the API's choice
+    assert [s.variant for s in specs] == ["rgb", tvos.default_variant]
+    assert "mixture=VARIANT" in specs[0].variant_note and "weights fetch mixture:xcit" in specs[0].variant_note
+    named, _ = runner.parse_method_specs("mixture", variants=["mixture=xcit"], runnable=True)
+    assert named[0].variant == "xcit"  # a variant the user names is kept
     assert compare.initial_variant(tvos) == tvos.default_variant  # nothing runs without weights: keep the default
-    monkeypatch.setattr(compare, "weights_state", lambda info, variant: WeightsState(needed=True, available=True))
+    # One answer for the page, the CLI and the API: vos.runnable's.
+    monkeypatch.setattr(vrunnable, "weights_state", lambda info, variant: WeightsState(needed=True, available=True))
     assert compare.initial_variant(mixture) == mixture.default_variant == "xcit"
+    specs, _ = runner.parse_method_specs("mixture", runnable=True)
+    assert specs[0].variant == "xcit" and specs[0].variant_note is None
 
 
 def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path):
