@@ -3,6 +3,7 @@
     python app.py                      # http://127.0.0.1:7860
     python app.py --host 0.0.0.0 --port 8080
     VOS_HOST=0.0.0.0 VOS_PORT=8080 python app.py
+    python app.py --allow-local-weights   # your own machine: checkpoint paths may be typed in the app
 
 The same file runs as a Hugging Face Space (README front matter: sdk gradio, app_file app.py); the Space's
 GRADIO_SERVER_NAME/GRADIO_SERVER_PORT are honoured. It starts offline: methods whose weights are missing say so
@@ -20,9 +21,11 @@ import os
 from types import ModuleType
 
 import gradio as gr
+from PIL import Image
 
 from pages import compare, methods
 from pages.compare import UploadLimits
+from vos.video import DecodeLimits
 
 log = logging.getLogger("vos.app")
 
@@ -110,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="port ($VOS_PORT, $GRADIO_SERVER_PORT; default 7860)",
     )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument(
+        "--allow-local-weights",
+        action="store_true",
+        help="let users type checkpoint paths on this machine (off: hub, random, hf://... and uploaded files only; "
+        "never on a public server)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser.parse_args(argv)
 
@@ -119,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.allow_local_weights:
+        os.environ[compare.LOCAL_WEIGHTS_ENV] = "1"
+    # Pillow's own decompression-bomb guard at the app's frame limit, for any image a library opens on our behalf.
+    Image.MAX_IMAGE_PIXELS = DecodeLimits.from_env().max_pixels
     demo = build_app()
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
 

@@ -35,10 +35,10 @@ def message_html(text: str) -> str:
     return html.escape(text).replace("\n", "<br>")
 
 
-def _as_gradio_error(err: BaseException):
+def _as_gradio_error(err: BaseException, *, as_html: bool = True):
     import gradio as gr
 
-    return gr.Error(message_html(str(err)), print_exception=False)
+    return gr.Error(message_html(str(err)) if as_html else str(err), print_exception=False)
 
 
 USER_ERRORS = (VosError, DeviceUnavailable)
@@ -50,6 +50,16 @@ def user_errors(fn: F) -> F:
     Works for plain functions and generators; anything else propagates (Gradio shows it as an error and logs the
     traceback, which is what a bug deserves).
     """
+    return _converting_errors(fn, as_html=True)
+
+
+def api_errors(fn: F) -> F:
+    """``user_errors`` for an API endpoint: the message goes as plain text (an API client shows it as it is, so
+    HTML escapes would reach the user as ``&#x27;``)."""
+    return _converting_errors(fn, as_html=False)
+
+
+def _converting_errors(fn: F, *, as_html: bool) -> F:
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -57,7 +67,7 @@ def user_errors(fn: F) -> F:
             try:
                 yield from fn(*args, **kwargs)
             except USER_ERRORS as err:
-                raise _as_gradio_error(err) from None
+                raise _as_gradio_error(err, as_html=as_html) from None
 
         return generator  # type: ignore[return-value]
 
@@ -66,7 +76,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
-            raise _as_gradio_error(err) from None
+            raise _as_gradio_error(err, as_html=as_html) from None
 
     return plain  # type: ignore[return-value]
 

@@ -9,13 +9,13 @@ on Hugging Face ZeroGPU, through ``spaces.GPU``.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import os
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +23,17 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from pages import GPU_QUEUE, gpu_task, on_zero_gpu, user_errors, weights_state
+from pages import GPU_QUEUE, api_errors, gpu_task, on_zero_gpu, user_errors, weights_state
 from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
+from vos import prompts as vprompts
 from vos import runnable as vrunnable
 from vos import runner
 from vos.device import pick_device
 from vos.methods import UNSUP, MethodInfo, Option, OptionError, available
 from vos.runner import MethodSpec
-from vos.video import Limits
+from vos.video import Limits, env_number
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +63,25 @@ PLAY_TICK = 0.1  # seconds between the play timer's ticks; each shows the frame 
 @dataclass(frozen=True)
 class UploadLimits:
     """Upload limits, from the environment so a Space can tighten them: VOS_MAX_SIDE, VOS_MAX_FRAMES,
-    VOS_MAX_SECONDS, VOS_MAX_UPLOAD_MB."""
+    VOS_MAX_SECONDS, VOS_MAX_UPLOAD_MB, and VOS_RUN_SECONDS (a run's time budget: methods still running then are
+    stopped, the ones not started are cancelled). What decoding may cost is bounded apart (``vos.video.DecodeLimits``);
+    the disk the sessions use, by VOS_SESSIONS_MB (``pages.prompting``)."""
 
     max_side: int = 1280
     max_frames: int = 300
     max_seconds: float = 30.0
     max_upload_mb: int = 200
+    max_run_seconds: float = 600.0
 
     @classmethod
     def from_env(cls) -> UploadLimits:
-        def number(name: str, default: float) -> float:
-            value = os.environ.get(name)
-            return float(value) if value else default
-
+        number = env_number  # a bad value names its variable
         return cls(
             max_side=int(number("VOS_MAX_SIDE", cls.max_side)),
             max_frames=int(number("VOS_MAX_FRAMES", cls.max_frames)),
             max_seconds=number("VOS_MAX_SECONDS", cls.max_seconds),
             max_upload_mb=int(number("VOS_MAX_UPLOAD_MB", cls.max_upload_mb)),
+            max_run_seconds=number("VOS_RUN_SECONDS", cls.max_run_seconds),
         )
 
     @property
@@ -165,6 +167,43 @@ def option_overrides(info: MethodInfo, values: dict[str, Any]) -> dict[str, Any]
     return overrides
 
 
+LOCAL_WEIGHTS_ENV = "VOS_ALLOW_LOCAL_WEIGHTS"  # "1": typed weights may name files on the server (its owner's choice)
+
+
+def local_weights_allowed() -> bool:
+    """Whether typed weights specs may name server files: only when the app's owner started it with
+    ``--allow-local-weights`` (or $VOS_ALLOW_LOCAL_WEIGHTS=1). A public Space must not open paths its users type."""
+    return os.environ.get(LOCAL_WEIGHTS_ENV, "").strip() == "1"
+
+
+def app_weights_spec(spec: str, *, shown: str) -> str:
+    """A weights spec typed in the app or sent to its API: hub, random or hf://..., checked as the command line
+    checks ``--weights``. A path on the server is refused before it is looked at, so the answer tells nothing
+    about which files exist there; a checkpoint of the user's own is uploaded instead."""
+    from vos import weights as vweights
+
+    text = str(spec).strip()
+    if vweights.spec_kind(text) == vweights.LOCAL and not local_weights_allowed():
+        raise vweights.BadWeightsSpec(
+            f"{shown}: the app takes hub, random or hf://OWNER/REPO[/FILE], or a checkpoint file uploaded in the "
+            "method's advanced panel; it does not open paths on the server (its owner can allow them with "
+            "python app.py --allow-local-weights)."
+        )
+    return runner.check_weights_spec(text, shown=shown)
+
+
+def api_weights(text: str | None) -> list[str]:
+    """The API's weights field, "SPEC" and/or "KEY=SPEC" items separated by commas, each checked by
+    ``app_weights_spec``; an item naming no method is the spec for every method."""
+    from vos.methods import list_keys
+
+    items = [item.strip() for item in (text or "hub").split(",") if item.strip()] or ["hub"]
+    for item in items:
+        key, sep, spec = (part.strip() for part in item.partition("="))
+        app_weights_spec(spec if sep and key in list_keys() else item, shown=f"weights {item}")
+    return items
+
+
 def method_weights(info: MethodInfo, typed: str | None, uploads: list[str] | str | None, folder: Path) -> str | None:
     """One method's weights spec from its advanced panel: uploaded checkpoint files win over the typed spec.
 
@@ -178,7 +217,7 @@ def method_weights(info: MethodInfo, typed: str | None, uploads: list[str] | str
     if files:
         return str(_gather(files, folder / "weights", info.key))
     typed = (typed or "").strip()
-    return runner.check_weights_spec(typed, shown=f"Checkpoint {typed} for {info.title}") if typed else None
+    return app_weights_spec(typed, shown=f"Checkpoint {typed} for {info.title}") if typed else None
 
 
 def gather_ground_truth(files: list[str] | str | None, folder: Path) -> str | None:
@@ -898,6 +937,7 @@ class ComparePage:
             max_frames=int(values.get(self.max_frames) or 0) or None,
             weights=values[self.weights] or "hub",
             ground_truth=gather_ground_truth(values[self.ground_truth], session.path),
+            time_budget_s=self.limits.max_run_seconds,
         )
         token = uuid.uuid4().hex
         _CANCELS[token] = threading.Event()
@@ -998,34 +1038,30 @@ class ComparePage:
         return [index, *self.on_frame(session, run_dir, index)]
 
     # ---------------------------------------------------------------- API
-    @user_errors
-    def api_prompt(self, clip: str, objects_json: str) -> str:
+    # Each API call gets a session folder of its own (a copy of the upload, the prompt, the run), removed when the
+    # call ends. The endpoints are generators for that: Gradio copies a yielded file into its own cache, the one
+    # place results are served from, before it asks for the next value, and only then is the folder removed.
+    @api_errors
+    def api_prompt(self, clip: str, objects_json: str) -> Iterator[str]:
         """Clip + objects as JSON -> the first-frame palette PNG the prompt engine makes.
 
         objects_json: ``[{"clicks": [[x, y, 1], [x, y, 0]], "boxes": [[x0, y0, x1, y1]]}, ...]`` in pixels of the
         clip's first frame after the upload limits (1 = include, 0 = exclude).
         """
+        if not clip:
+            raise gr.Error("Give a clip (a video or a zip of frames).")
+        objects = vprompts.objects_from_json(objects_json)  # before the upload is copied: bad JSON costs nothing
         session = self._start(clip)
         try:
-            objects = json.loads(objects_json or "[]")
-        except json.JSONDecodeError as err:
-            raise gr.Error(f"objects must be JSON: {err}") from None
-        session.objects = [
-            pr.MarkedObject(
-                [
-                    pr.Mark(pr.INCLUDE if (c[2] if len(c) > 2 else 1) else pr.EXCLUDE, (c[0], c[1]))
-                    for c in o.get("clicks", [])
-                ]
-                + [pr.Mark(pr.BOX, tuple(b)) for b in o.get("boxes", [])]
-            )
-            for o in objects
-        ]
-        labels, path = pr.save_prompt(session)
-        if not labels.any():
-            raise gr.Error("The objects give an empty mask: add a click or a box on each object.")
-        return str(path)
+            session.objects = [pr.marked_object(prompt) for prompt in objects]
+            labels, path = pr.save_prompt(session)
+            if not labels.any():
+                raise gr.Error("The objects give an empty mask: add a click or a box on each object.")
+            yield str(path)
+        finally:
+            pr.delete_session(session)
 
-    @user_errors
+    @api_errors
     def api_compare(
         self,
         clip: str,
@@ -1037,32 +1073,37 @@ class ComparePage:
         max_side: float | None,
         weights: str,
         ground_truth: str | None,
-    ) -> tuple[list[str], dict]:
+    ) -> Iterator[tuple[list[str], dict]]:
         """Clip + first-frame mask + method selection -> [side-by-side MP4, masks zip, run bundle zip], records.
 
         methods/variants/options/weights use the CLI's syntax: "all" or "tvos,mixture"; "mixture=rgb,...";
-        "tvos.temperature=1,..."; "hub", "random" or "tvos=FILE".
+        "tvos.temperature=1,..."; "hub", "random", "hf://OWNER/REPO[/FILE]" or "tvos=hf://...".
         """
         if not clip or not mask:
             raise gr.Error("Give a clip and its first-frame mask (palette PNG).")
-        session = pr.set_uploaded_mask(self._start(clip), mask)
-        pr.save_prompt(session)
         split = [s.strip() for s in (variants or "").split(",") if s.strip()]
         opts = [s.strip() for s in (options or "").split(",") if s.strip()]
         specs, default_weights = runner.parse_method_specs(
-            methods or "all", variants=split, options=opts, weights=[weights or "hub"], runnable=True
+            methods or "all", variants=split, options=opts, weights=api_weights(weights), runnable=True
         )
         pick_device(device or "auto")
-        request = rs.RunRequest(
-            specs=specs,
-            device=device or "auto",
-            max_side=int(max_side or 0) or None,
-            weights=default_weights,
-            ground_truth=ground_truth or None,
-        )
-        view = rs.load_view(api_compare_job(session, request))
-        files = [str(p) for p in rs.downloads(view, session.path / "downloads").files()]
-        return files, {"run": view.path.name, "methods": view.bundle.methods}
+        session = self._start(clip)
+        try:
+            session = pr.set_uploaded_mask(session, mask)
+            pr.save_prompt(session)
+            request = rs.RunRequest(
+                specs=specs,
+                device=device or "auto",
+                max_side=int(max_side or 0) or None,
+                weights=default_weights,
+                ground_truth=ground_truth or None,
+                time_budget_s=self.limits.max_run_seconds,
+            )
+            view = rs.load_view(api_compare_job(session, request))
+            files = [str(p) for p in rs.downloads(view, session.path / "downloads").files()]
+            yield files, rs.without_server_paths({"run": view.path.name, "methods": view.bundle.methods})
+        finally:
+            pr.delete_session(session)
 
 
 def build(limits: UploadLimits | None = None) -> ComparePage:

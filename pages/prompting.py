@@ -11,6 +11,7 @@ edited, emptied or removed after it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -28,7 +29,7 @@ from PIL import Image
 from vos import click_engine
 from vos import masks as vmasks
 from vos import prompts as vprompts
-from vos.video import Clip, Limits, open_clip
+from vos.video import Clip, Limits, VideoError, env_number, open_clip, require_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,46 @@ class PromptSession:
 
 
 SESSION_MAX_AGE_HOURS = 24.0  # folders of sessions untouched this long are removed (a tab closed without notice)
+SESSIONS_QUOTA_ENV = "VOS_SESSIONS_MB"
+DEFAULT_SESSIONS_MB = 5000.0
+
+
+def sessions_quota_bytes() -> int:
+    """The disk all session folders together may use: $VOS_SESSIONS_MB (default 5000)."""
+    return int(env_number(SESSIONS_QUOTA_ENV, DEFAULT_SESSIONS_MB) * 2**20)
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile by its own session
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def make_room(root: Path, needed: int, quota: int | None = None) -> None:
+    """Remove the oldest session folders until ``needed`` more bytes fit in the sessions' quota; refuse an upload
+    that could never fit. Many users at once must not fill the server's disk."""
+    quota = sessions_quota_bytes() if quota is None else quota
+    if needed > quota:
+        raise VideoError(
+            None,
+            f"the upload takes {needed / 2**20:,.1f} MB, more than the {quota / 2**20:,.0f} MB this server keeps for "
+            f"all sessions together (${SESSIONS_QUOTA_ENV}); upload a shorter or smaller clip.",
+        )
+    folders = []
+    for folder in root.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if folder.is_dir():
+                folders.append((folder.stat().st_mtime, folder, _folder_bytes(folder)))
+    used = sum(size for *_, size in folders)
+    for _, folder, size in sorted(folders, key=lambda item: item[0]):
+        if used + needed <= quota:
+            break
+        log.info("session disk quota: removing %s (%.1f MB), the oldest session", folder.name, size / 2**20)
+        shutil.rmtree(folder, ignore_errors=True)
+        used -= size
 
 
 def prune_sessions(root: Path, max_age_hours: float = SESSION_MAX_AGE_HOURS) -> None:
@@ -156,6 +197,8 @@ def start_session(upload: str | Path, limits: Limits, *, root: Path | None = Non
     upload = Path(upload)
     root = root or sessions_root()
     prune_sessions(root)
+    require_regular_file(upload)
+    make_room(root, upload.stat().st_size)
     folder = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex[:8]}-", dir=root))
     try:
         # The user's file name, so that messages about the clip name the file they chose.
@@ -309,6 +352,12 @@ def drop_uploaded_mask(session: PromptSession) -> PromptSession:
 # Marks -> label map, preview
 
 
+def marked_object(prompt: vprompts.ObjectPrompt) -> MarkedObject:
+    """The session's form of an object given as clicks and boxes (the API's JSON)."""
+    clicks = [Mark(INCLUDE if c.positive else EXCLUDE, (c.x, c.y)) for c in prompt.clicks]
+    return MarkedObject(clicks + [Mark(BOX, (b.x0, b.y0, b.x1, b.y1)) for b in prompt.boxes])
+
+
 def _object_prompt(obj: MarkedObject) -> vprompts.ObjectPrompt:
     clicks = [vprompts.Click(m.coords[0], m.coords[1], m.kind == INCLUDE) for m in obj.marks if m.kind != BOX]
     boxes = [vprompts.Box(*m.coords) for m in obj.marks if m.kind == BOX]
@@ -326,6 +375,11 @@ def label_map(session: PromptSession, frame: np.ndarray | None = None) -> np.nda
     prompted = [(i, o) for i, o in enumerate(session.objects) if o.has_positive]
     if not prompted:
         return result
+    if session.object_id(prompted[-1][0]) > 255:
+        raise vprompts.PromptError(
+            f"The uploaded mask's ids go up to {session.base_id}, which leaves no room for "
+            f"{len(prompted)} more objects (ids are at most 255); remove some marked objects."
+        )
     frame = session.first_frame() if frame is None else frame
     engine = click_engine.load_engine()
     marked = vprompts.prompts_to_mask(frame, [_object_prompt(o) for _, o in prompted], engine=engine)

@@ -9,6 +9,7 @@ import contextvars
 import copy
 import datetime as _dt
 import html
+import json
 import logging
 import re
 import threading
@@ -17,6 +18,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,6 +47,7 @@ class RunRequest:
     max_frames: int | None = None  # run on the clip's first frames only; None = all
     weights: str = "hub"
     ground_truth: str | None = None  # a zip or folder of palette PNGs
+    time_budget_s: float | None = None  # methods still running then are stopped, those not started cancelled
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,21 +74,48 @@ def run_comparison(
     events: runner.RunEvents | None = None,
     cancel: threading.Event | None = None,
 ) -> runner.RunResult:
-    """Run the request's methods on ``clip`` at its working resolution and write the bundle into ``out_dir``."""
+    """Run the request's methods on ``clip`` at its working resolution and write the bundle into ``out_dir``.
+
+    Past the request's time budget the run is stopped as the Stop button stops it, and the stopped methods' records
+    say why."""
     work = clip.with_max_side(request.max_side)
     ground_truth = runner.read_ground_truth(request.ground_truth, work) if request.ground_truth else None
-    return runner.run_methods(
-        work,
-        prompt,
-        request.specs,
-        out_dir,
-        device=request.device,
-        weights=request.weights,
-        ground_truth=ground_truth,
-        events=events,
-        cancel=cancel,
-        settings={"max_side": request.max_side, "max_frames": clip.num_frames, "app": True},
-    )
+    cancel = cancel or threading.Event()
+    expired = threading.Event()
+    timer = None
+    if request.time_budget_s:
+
+        def expire() -> None:
+            expired.set()
+            cancel.set()
+
+        timer = threading.Timer(request.time_budget_s, expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        with runner.disk_full_as_error(out_dir):
+            result = runner.run_methods(
+                work,
+                prompt,
+                request.specs,
+                out_dir,
+                device=request.device,
+                weights=request.weights,
+                ground_truth=ground_truth,
+                events=events,
+                cancel=cancel,
+                settings={"max_side": request.max_side, "max_frames": clip.num_frames, "app": True},
+            )
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if expired.is_set():
+        for record in result.records:
+            if record.status == runner.CANCELLED:
+                record.error = f"stopped: the run passed its {request.time_budget_s:g}-second budget ($VOS_RUN_SECONDS)"
+                record.hint = "Run fewer methods at a time, at a lower resolution, or on fewer frames."
+        runner.write_run_json(result)
+    return result
 
 
 @dataclass
@@ -558,14 +588,35 @@ def memory_note(view: RunView) -> str:
 # Downloads
 
 
+def without_server_paths(value: Any) -> Any:
+    """A copy of run.json data (or part of it) in which every absolute path is cut to its file name: what the app
+    gives its users must not show the server's folders (session folders, the upload cache, the weights cache)."""
+    if isinstance(value, dict):
+        return {key: without_server_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_server_paths(item) for item in value]
+    if isinstance(value, str):
+        return _SERVER_PATH.sub(lambda match: match.group(0).rstrip("/").rsplit("/", 1)[-1], value)
+    return value
+
+
+# An absolute POSIX path, alone or inside a message ("No weights ... Looked in: /root/.cache/..."); not "3/8".
+_SERVER_PATH = re.compile(r"(?<![\w.~/:])/[^\s'\",;()]+")
+
+
 def zip_folder(folder: Path, dest: Path, *, root: str, skip: Sequence[str] = ()) -> Path:
-    """Zip ``folder`` as ``root/...`` (PNGs and MP4s are already compressed: stored, not deflated)."""
+    """Zip ``folder`` as ``root/...`` (PNGs and MP4s are already compressed: stored, not deflated). Its run.json
+    goes in without server paths (``without_server_paths``)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.part")
     with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as archive:
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder)
             if path.is_dir() or any(p.startswith(".") for p in rel.parts) or rel.parts[0] in skip:
+                continue
+            if rel.as_posix() == "run.json":
+                public = without_server_paths(json.loads(path.read_text()))
+                archive.writestr(f"{root}/run.json", json.dumps(public, indent=2))
                 continue
             archive.write(path, f"{root}/{rel.as_posix()}")
     part.replace(dest)

@@ -40,9 +40,12 @@ def _sessions_in_tmp(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
+
+
+def tiny_files(folder: Path) -> dict:
     """An 8-frame 128x96 clip with two objects, its masks, and a ground-truth zip (GrabCut needs a few thousand
     pixels: on a 64x48 frame a click finds noise)."""
-    folder = tmp_path_factory.mktemp("tiny")
     synthetic = moving_shapes(8, (96, 128), num_objects=2, seed=1, object_scale=0.22)
     clip = write_mp4(synthetic.frames, folder / "tiny.mp4", fps=8)
     mask = vmasks.write_palette_png(synthetic.masks[0], folder / "tiny_00000.png")
@@ -445,7 +448,7 @@ def test_the_page_opens_on_a_variant_that_can_run_here(monkeypatch):
     assert specs[0].variant == "xcit" and specs[0].variant_note is None
 
 
-def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path):
+def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path, monkeypatch):
     from pages import compare
 
     with gr.Blocks():
@@ -461,7 +464,11 @@ def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path):
     folder = Path(compare.method_weights(info, "", [str(one), str(two)], tmp_path))
     # Several files keep their names in one folder: that is how a multi-network method tells them apart.
     assert folder.parent == tmp_path / "weights" and sorted(p.name for p in folder.iterdir()) == [one.name, two.name]
-    # A typed spec is checked as --weights is: a typo fails before the run, naming the method.
+    # A typed path is refused unless the app's owner allowed them (tests/test_hostile_app.py); then it is checked
+    # as --weights is: a typo fails before the run, naming the method.
+    with pytest.raises(gr.Error, match=re.escape(f"Checkpoint hug for {info.title}: the app takes hub, random")):
+        compare.user_errors(compare.method_weights)(info, "hug", None, tmp_path)
+    monkeypatch.setenv(compare.LOCAL_WEIGHTS_ENV, "1")
     with pytest.raises(gr.Error, match=re.escape(f"Checkpoint hug for {info.title}: no such file or folder")):
         compare.user_errors(compare.method_weights)(info, "hug", None, tmp_path)
     assert compare.method_weights(info, str(one), None, tmp_path) == str(one.absolute())

@@ -214,6 +214,27 @@ def take_readme_screenshots(open_page, app_url: str, folder: Path) -> None:
             save_screenshot(page, folder / f"{route}-{label}.png")
 
 
+def test_a_zip_bomb_upload_shows_one_clear_message(app_url, open_page, tmp_path):
+    """A 16 KB zip whose member inflates to 16 MiB: refused from the zip's directory, and the page says why in words a
+    user reads (no HTML entities, no traceback)."""
+    import zipfile
+
+    bomb = tmp_path / "frames.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("clip/00000.png", b"\0" * (16 * 2**20))
+    page = open_page(app_url, LAPTOP)
+    page.wait_for_selector("#vos-upload")
+    page.set_input_files("#vos-upload input[type=file]", str(bomb))
+    toast = page.locator("[data-testid=toast-body]").first
+    toast.wait_for()
+    text = toast.inner_text()
+    assert "frames.zip: the zip member 'clip/00000.png' inflates" in text and "200 times allowed" in text
+    assert "&#x27;" not in text and "Traceback" not in text
+    page.wait_for_timeout(300)
+    folder = Path(os.environ.get("VOS_SCREENSHOT_DIR") or tmp_path)
+    page.screenshot(path=str(folder / "error-zip-bomb.png"))
+
+
 # ---- the first ten minutes: one click through the engine, live tiles, Stop keeps frames, playback without blanks
 
 

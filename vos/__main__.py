@@ -2,7 +2,8 @@
 
 Each subcommand's work lives in the module that owns it (``runner``, ``metrics``, ``bench``, ``weights``,
 ``present``); this file only parses arguments. Errors meant for the user (``VosError``) are printed as one line
-and exit with code 2.
+and exit with code 2 (a full disk, which stops a run that had started: 1). SIGTERM is handled as Ctrl+C (a run
+removes its unfinished files) and exits with 143.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -175,7 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service stopping, `kill`, a CI timeout), handled as Ctrl+C: the run removes its unfinished files."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -194,7 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(command(args) or 0)
     except VosError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from vos.errors import VosError
-from vos.video import natural_key
+from vos.video import DecodeLimits, check_zip_members, natural_key, read_member, require_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +170,23 @@ def read_palette_png(path: str | Path, size: tuple[int, int] | None = None) -> n
     ``size`` (H, W), when given, must match.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MaskError(path, f"no such file ({path}).")
+    require_regular_file(path, MaskError)
     with path.open("rb") as stream:
         return _decode_mask(stream, path, size)
 
 
 def _decode_mask(stream: IO[bytes], path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    limits = DecodeLimits.from_env()
     try:
         with Image.open(stream) as image:
+            if image.width * image.height > limits.max_pixels:
+                raise MaskError(
+                    path,
+                    f"the mask is {image.width}x{image.height} pixels, more than the {limits.max_pixels:,} this server "
+                    "decodes ($VOS_MAX_FRAME_PIXELS); make the mask at the clip's size.",
+                )
             image.load()
             label_map = _image_to_ids(image, path)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
@@ -323,11 +331,13 @@ def _read_mask_zip(path: Path, size: tuple[int, int] | None) -> dict[str, np.nda
             members[pure.stem] = member
         if not members:
             raise MaskError(path, "the zip holds no PNG masks; put one palette PNG per frame in it.")
+        limits = DecodeLimits.from_env()
+        check_zip_members(path, list(members.values()), limits, MaskError)
         masks: dict[str, np.ndarray] = {}
         for stem in sorted(members, key=natural_key):
             member = members[stem]
             try:
-                data = archive.read(member)
+                data = read_member(archive, member, limits.max_member_bytes)
             except (zipfile.BadZipFile, OSError) as err:
                 raise MaskError(path, f"cannot read {member.filename!r} from the zip ({err}).") from None
             try:

@@ -11,7 +11,10 @@ Coordinates are pixels of the full-size image: ``x`` is the column, ``y`` the ro
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,23 @@ SEED_RADIUS = 0.012  # sure-foreground / sure-background disk around a click, re
 CLICK_REACH = 0.036  # radius of the probably-foreground disk around a click outside any box, relative to the short side
 LOOK_ALIKE = 24  # colour distance (per channel) within which pixels connected to a click look like it
 CONTEXT_MARGIN = 0.25  # background kept around the prompted region, relative to the region's size
+
+# Bounds on a prompt, so that one request cannot hold the server for minutes: GrabCut runs once per object (about
+# 0.1-2 s each), and ids are uint8 (at most 255 objects in any case).
+MAX_OBJECTS_ENV = "VOS_MAX_OBJECTS"
+DEFAULT_MAX_OBJECTS = 20
+MAX_MARKS = 50  # clicks and boxes of one object
+MAX_JSON_CHARS = 64 * 1024  # an objects JSON text; 20 objects of 50 marks take about 20 KB
+
+
+def max_objects() -> int:
+    """How many objects a prompt may hold: $VOS_MAX_OBJECTS (default 20), never more than 255 (uint8 ids)."""
+    text = os.environ.get(MAX_OBJECTS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_OBJECTS
+    if not text.isdigit() or not 1 <= int(text) <= 255:
+        raise PromptError(f"${MAX_OBJECTS_ENV}={text!r}: expected a whole number from 1 to 255.")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,7 @@ def prompts_to_mask(
         )
     if not objects:
         raise PromptError("No objects prompted: click, box or paint at least one object on the first frame.")
+    check_counts(objects)
     size = image.shape[:2]
     for number, prompt in enumerate(objects, start=1):
         _check_prompt(prompt, number, size)
@@ -119,6 +140,97 @@ def prompts_to_mask(
     for object_id, sure in enumerate(marked, start=1):
         label_map[sure] = object_id
     return label_map
+
+
+def check_counts(objects: Sequence[ObjectPrompt]) -> None:
+    """At most ``max_objects()`` objects of at most ``MAX_MARKS`` clicks and boxes each."""
+    limit = max_objects()
+    if len(objects) > limit:
+        raise PromptError(
+            f"{len(objects)} objects are prompted; at most {limit} are allowed (${MAX_OBJECTS_ENV}). "
+            "Mark fewer objects, or run the rest in a second pass."
+        )
+    for number, prompt in enumerate(objects, start=1):
+        marks = len(prompt.clicks) + len(prompt.boxes)
+        if marks > MAX_MARKS:
+            raise PromptError(
+                f"Object {number} has {marks} clicks and boxes; at most {MAX_MARKS} are allowed. A box and a few "
+                "clicks are usually enough."
+            )
+
+
+def objects_from_json(text: str | None) -> list[ObjectPrompt]:
+    """Objects from the API's JSON: ``[{"clicks": [[x, y, 1], [x, y, 0]], "boxes": [[x0, y0, x1, y1]]}, ...]``
+    (pixels; 1 = include, 0 = exclude; the third click value may be left out, meaning include).
+
+    Every malformed shape is a PromptError that says where it is and what was expected; the counts are bounded
+    (``check_counts``) and so is the text's length."""
+    text = (text or "").strip() or "[]"
+    if len(text) > MAX_JSON_CHARS:
+        raise PromptError(
+            f"objects: the JSON is {len(text):,} characters long; at most {MAX_JSON_CHARS:,} are allowed."
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PromptError(f"objects must be JSON ({err}); e.g. {_EXAMPLE}.") from None
+    if not isinstance(data, list):
+        raise PromptError(f"objects must be a JSON list of objects, got {_json_kind(data)}; e.g. {_EXAMPLE}.")
+    if len(data) > max_objects():
+        check_counts([ObjectPrompt()] * len(data))  # before parsing thousands of entries
+    objects = []
+    for number, entry in enumerate(data, start=1):
+        where = f"objects[{number - 1}]"
+        if not isinstance(entry, dict):
+            raise PromptError(f'{where} must be a JSON object with "clicks" and/or "boxes", got {_json_kind(entry)}.')
+        unknown = sorted(set(entry) - {"clicks", "boxes"})
+        if unknown:
+            raise PromptError(f'{where} has unknown keys {", ".join(map(repr, unknown))}; use "clicks" and "boxes".')
+        clicks, boxes = entry.get("clicks", []), entry.get("boxes", [])
+        for name, items in (("clicks", clicks), ("boxes", boxes)):
+            if not isinstance(items, list):
+                raise PromptError(f"{where}.{name} must be a list, got {_json_kind(items)}.")
+        if len(clicks) + len(boxes) > MAX_MARKS:
+            check_counts(
+                [*objects, ObjectPrompt(clicks=[Click(0, 0)] * len(clicks), boxes=[Box(0, 0, 1, 1)] * len(boxes))]
+            )
+        prompt = ObjectPrompt()
+        for index, click in enumerate(clicks):
+            values = _numbers(click, f"{where}.clicks[{index}]", (2, 3), "[x, y] or [x, y, 1 or 0]")
+            if len(values) == 3 and values[2] not in (0, 1):
+                raise PromptError(f"{where}.clicks[{index}]: the third value must be 1 (include) or 0 (exclude).")
+            prompt.clicks.append(Click(values[0], values[1], positive=len(values) == 2 or values[2] == 1))
+        for index, box in enumerate(boxes):
+            prompt.boxes.append(Box(*_numbers(box, f"{where}.boxes[{index}]", (4,), "[x0, y0, x1, y1]")))
+        objects.append(prompt)
+    return objects
+
+
+_EXAMPLE = '[{"clicks": [[120, 80, 1]], "boxes": [[10, 20, 200, 180]]}]'
+
+
+def _json_kind(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _numbers(value: object, where: str, lengths: tuple[int, ...], shape: str) -> list[float]:
+    """A list of finite numbers of one of ``lengths``, else a PromptError naming ``where`` and ``shape``."""
+    if (
+        not isinstance(value, list)
+        or len(value) not in lengths
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(_finite(v) for v in value)
+    ):
+        raise PromptError(f"{where} must be {shape} (finite numbers, in pixels), got {json.dumps(value)[:80]}.")
+    return [float(v) for v in value]
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
+        return False
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import itertools
 import json
 import logging
@@ -65,6 +66,41 @@ PENDING, RUNNING, OK, FAILED, OOM, NO_WEIGHTS, CANCELLED = (
 
 class RunError(VosError, ValueError):
     """A run that cannot start (bad output folder, bad --from file...)."""
+
+
+class DiskFull(VosError, OSError):
+    """The disk filled up while a run wrote its bundle: not the method's fault, and nothing is kept as if complete.
+    The CLI exits with code 1 (the run started; it did not finish), not 2 (bad input)."""
+
+    exit_code = 1
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(
+            err.errno,
+            f"Disk full at {path} ({err.strerror or err}): the run stopped and its unfinished files were removed. "
+            "Free some space, or write elsewhere (--out), and run again.",
+        )
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: Path) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing under ``path`` into DiskFull, whichever writer hit it."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(path, err) from err
+        raise
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -398,6 +434,8 @@ def _explain(err: BaseException, record: MethodRecord) -> None:
     """Fill status, error and hint from an exception, in words for the user."""
     from vos import weights as vweights
 
+    if is_disk_full(err):
+        raise err  # no method's failure: the whole run stops (its caller says where: disk_full_as_error)
     if isinstance(err, getattr(vweights, "WeightsUnavailable", ())):
         record.status = NO_WEIGHTS
         record.error = str(err)
@@ -704,6 +742,8 @@ def write_side_by_side(result: RunResult) -> Path | None:
     try:
         return write_mp4(grid_frames(result), result.out_dir / "side_by_side.mp4", fps=result.clip.fps)
     except (OSError, ValueError) as err:
+        if is_disk_full(err):
+            raise  # a run missing its video must not look complete
         log.warning("could not write the side-by-side video: %s", err)
         return None
 
@@ -744,14 +784,26 @@ def _missing_parents(path: Path) -> list[Path]:
 def _make_parents(path: Path) -> list[Path]:
     """Create the missing folders above ``path``; return them, deepest first, so a failed run can remove them."""
     missing = _missing_parents(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # /proc, a read-only mount...: the write check above cannot foresee every refusal
+        raise RunError(
+            f"--out {path}: cannot create {path.parent} ({err.strerror or err}); choose another --out."
+        ) from None
     return missing
 
 
 def _new_work_dir(out_dir: Path) -> Path:
     # Not mkdtemp: it makes the folder 0700, and the finished bundle keeps the mode of this folder.
     work = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(6)}.partial"
-    work.mkdir()
+    try:
+        work.mkdir()
+    except OSError as err:
+        if is_disk_full(err):
+            raise
+        raise RunError(
+            f"--out {out_dir}: cannot create folders in {out_dir.parent} ({err.strerror or err}); choose another --out."
+        ) from None
     return work
 
 
@@ -941,13 +993,14 @@ def command_run(args) -> int:
     prompt = vmasks.read_palette_png(plan.prompt, size=clip.size)
     mbase.check_first_mask(prompt, clip.size)
     ground_truth = read_ground_truth(plan.gt, clip) if plan.gt else None  # open_clip has logged the clip's notes
+    _check_weights_files(plan.specs, plan.weights)
 
     created = _make_parents(out_dir)
     work = None
     cancel = threading.Event()
     try:
-        work = _new_work_dir(out_dir)
-        with _stop_on_interrupt(cancel):
+        with _claimed(out_dir, created), disk_full_as_error(out_dir), _stop_on_interrupt(cancel):
+            work = _new_work_dir(out_dir)
             result = run_methods(
                 clip,
                 prompt,
@@ -967,9 +1020,7 @@ def command_run(args) -> int:
                     "gt": str(Path(plan.gt).absolute()) if plan.gt else None,
                 },
             )
-        if out_dir.exists():
-            out_dir.rmdir()  # verified empty above
-        work.rename(out_dir)
+            final = _move_into_place(work, out_dir)
     except BaseException:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
@@ -980,8 +1031,89 @@ def command_run(args) -> int:
     print(summary_table(result.records))
     if cancel.is_set():
         print("Stopped (Ctrl+C): every method kept the frames it finished; run.json says how far each got.")
-    print(f"Run bundle: {out_dir}")
+    print(f"Run bundle: {final}")
+    if final != out_dir:
+        print(f"warning: {out_dir} was taken by another run meanwhile; this run's bundle is {final}.", file=sys.stderr)
+        return 1
     return 0 if all(r.ok for r in result.records) else 1
+
+
+def _check_weights_files(specs: Sequence[MethodSpec], default: str) -> None:
+    """Local weights (a file or a folder) that cannot be a method's weights fail here, before anything is written,
+    and not as that method's failure in a bundle: garbage, a cut download, a pickle that would run code, or tensors
+    that do not fit the method's networks. Each part is built on the meta device (no memory) and loaded strictly,
+    as the run will load it; hub and hf:// weights are checked when the run loads them."""
+    import torch
+
+    from vos import weights as vweights
+
+    for spec in specs:
+        weights = spec.weights or default
+        if vweights.spec_kind(weights) != vweights.LOCAL:
+            continue
+        cls = mbase.method_class(spec.key)
+        variant = cls.info.check_variant(spec.variant)
+        parts = cls.info.parts(variant)
+        options = cls.info.resolve_options(spec.options)
+        for part in parts:
+            try:
+                with torch.device("meta"):
+                    module = cls.build_part(part, variant, options)
+                vweights.load_into(module, weights, method=spec.key, variant=variant, part=part, parts=parts)
+            except VosError as err:
+                raise RunError(f"--weights for {spec.key}: {err}") from None
+
+
+@contextlib.contextmanager
+def _claimed(out_dir: Path, created: list[Path]) -> Iterator[None]:
+    """Hold ``out_dir`` (made now if missing, and then added to ``created``) under an exclusive lock for the run, so
+    that a second run into the same --out fails at once with a clear message instead of losing its results.
+    Where the platform has no flock, ``_move_into_place`` still never overwrites a finished bundle."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        out_dir.mkdir()
+        created.insert(0, out_dir)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise RunError(f"--out {out_dir}: cannot create it ({err.strerror or err}); choose another --out.") from None
+    handle = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                f"--out {out_dir}: another run is writing into it right now; wait for it, or choose another --out."
+            ) from None
+        if any(out_dir.iterdir()):  # a run that finished between our check and our lock
+            raise RunError(f"{out_dir} already exists and is not an empty folder; choose another --out.")
+        yield
+    finally:
+        os.close(handle)
+
+
+def _move_into_place(work: Path, out_dir: Path) -> Path:
+    """Rename the finished bundle to ``out_dir`` (an empty folder there is replaced atomically). When another run
+    filled ``out_dir`` meanwhile, keep this bundle beside it under a new name and return that name."""
+    try:
+        os.rename(work, out_dir)
+        return out_dir
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    for number in itertools.count(2):
+        other = out_dir.with_name(f"{out_dir.name}-{number}")
+        try:
+            other.mkdir()
+        except FileExistsError:
+            continue
+        os.rename(work, other)
+        return other
+    raise AssertionError("unreachable")
 
 
 def _apply_machine_defaults(plan: _Plan, args, device: str) -> None:

@@ -15,12 +15,14 @@ import contextlib
 import io
 import logging
 import math
+import os
 import re
 import secrets
+import stat
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -49,13 +51,147 @@ class VideoError(VosError, ValueError):
         super().__init__(f"{where}{reason}")
 
 
+def env_number(name: str, default: float) -> float:
+    """A positive number from the environment, or ``default`` when unset; a bad value is the operator's error."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise VosError(f"${name}={text!r}: expected a positive number (unset it for the default, {default:g}).")
+    return value
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding an upload may cost, whatever the upload limits: every clip, mask and frame zip is checked
+    against these before (declared sizes) and while (actual bytes) it is decoded, so that a small file that
+    inflates to gigabytes (a zip bomb, a PNG of 100000x100000 pixels) is refused instead of filling the memory.
+
+    From the environment: $VOS_MAX_FRAME_PIXELS (pixels of one decoded frame or mask, default 40 million, a bit
+    more than 8K), $VOS_MAX_DECODED_MB (bytes inflated from one zip, all members together, default 4096) and
+    $VOS_MAX_ZIP_RATIO (how many times larger a member may inflate than it is stored, default 200)."""
+
+    max_pixels: int = 40_000_000
+    max_zip_bytes: int = 4096 * 2**20
+    max_ratio: float = 200.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_zip_bytes", "max_ratio"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"DecodeLimits.{name} must be a positive number, got {value!r}.")
+
+    @classmethod
+    def from_env(cls) -> DecodeLimits:
+        return cls(
+            max_pixels=int(env_number("VOS_MAX_FRAME_PIXELS", cls.max_pixels)),
+            max_zip_bytes=int(env_number("VOS_MAX_DECODED_MB", cls.max_zip_bytes / 2**20) * 2**20),
+            max_ratio=env_number("VOS_MAX_ZIP_RATIO", cls.max_ratio),
+        )
+
+    @property
+    def max_member_bytes(self) -> int:
+        """The largest image file worth reading: an image file bigger than its raw 16-bit RGBA pixels (8 bytes a
+        pixel) at the pixel limit is no frame. A small allowance covers headers and metadata."""
+        return min(self.max_zip_bytes, 8 * self.max_pixels + 2**20)
+
+    def check_pixels(self, path: Path | str | None, width: int, height: int, what: str) -> None:
+        """Refuse an image or video frame whose header declares more pixels than ``max_pixels``, before decoding."""
+        if width * height > self.max_pixels:
+            raise VideoError(
+                path,
+                f"{what} is {width}x{height} pixels, more than the {self.max_pixels:,} this server decodes "
+                "($VOS_MAX_FRAME_PIXELS); downscale it before uploading.",
+            )
+
+
+# Compressed data this small cannot inflate into trouble; the ratio cap would only catch flat test images.
+_RATIO_FLOOR = 8 * 2**20
+
+
+def check_zip_members(path: Path, members: Sequence[zipfile.ZipInfo], limits: DecodeLimits, error=None) -> None:
+    """Refuse a zip whose members, as declared in its directory, would inflate past ``limits``: one member larger
+    than an image file can be, all of them together past $VOS_MAX_DECODED_MB, or a member that inflates more than
+    $VOS_MAX_ZIP_RATIO times (the mark of a zip bomb). ``read_member`` checks the actual bytes while inflating,
+    since a directory can lie. ``error`` builds the exception (default VideoError)."""
+    error = error or VideoError
+    total = 0
+    for member in members:
+        if member.file_size > limits.max_member_bytes:
+            raise error(
+                path,
+                f"the zip member {member.filename!r} inflates to {_mib(member.file_size)}, more than the "
+                f"{_mib(limits.max_member_bytes)} an image file may take here; zip the frames as JPG or PNG files.",
+            )
+        if member.file_size > _RATIO_FLOOR and member.file_size > limits.max_ratio * max(1, member.compress_size):
+            raise error(
+                path,
+                f"the zip member {member.filename!r} inflates {member.file_size / max(1, member.compress_size):,.0f}"
+                f" times ({_mib(member.compress_size)} to {_mib(member.file_size)}), more than the "
+                f"{limits.max_ratio:g} times allowed ($VOS_MAX_ZIP_RATIO); this is no zip of image frames.",
+            )
+        total += member.file_size
+    if total > limits.max_zip_bytes:
+        raise error(
+            path,
+            f"the zip's files inflate to {_mib(total)} together, more than the {_mib(limits.max_zip_bytes)} "
+            "allowed ($VOS_MAX_DECODED_MB); send fewer or smaller frames.",
+        )
+
+
+def read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo | str, limit: int) -> bytes:
+    """A member's bytes, inflating at most ``limit`` of them: a member that gives more than it declares (or more
+    than ``limit``) raises zipfile.BadZipFile instead of filling the memory."""
+    info = member if isinstance(member, zipfile.ZipInfo) else archive.getinfo(member)
+    with archive.open(info) as stream:
+        data = stream.read(min(limit, info.file_size) + 1)
+    if len(data) > min(limit, info.file_size):
+        raise zipfile.BadZipFile(f"member {info.filename!r} inflates past its declared {info.file_size} bytes")
+    return data
+
+
+def _mib(size: int) -> str:
+    """A byte count for a message: KiB, MiB or GiB, whichever reads best."""
+    if size < 2**20:
+        return f"{size / 2**10:,.1f} KiB"
+    return f"{size / 2**20:,.1f} MiB" if size < 2**30 else f"{size / 2**30:,.1f} GiB"
+
+
+def require_regular_file(path: Path, error=None) -> None:
+    """Refuse what is not a regular file (a device such as /dev/zero, a FIFO, a socket): reading it may never end.
+    A symbolic link counts as what it points at."""
+    error = error or VideoError
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise error(path, f"cannot be read ({err.strerror or err}).") from None
+    if not stat.S_ISREG(mode):
+        raise error(path, "is not a regular file (a device, pipe or socket); give a video file, a zip or a folder.")
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Upload limits. None means no limit."""
+    """Upload limits. None means no limit; a limit must be positive. ``decode`` bounds what decoding may cost."""
 
     max_side: int | None = None
     max_frames: int | None = None
     max_seconds: float | None = None
+    decode: DecodeLimits = field(default_factory=DecodeLimits.from_env)
+
+    def __post_init__(self) -> None:
+        # 0 used to give empty or 1x1 clips; a limit that leaves nothing is a mistake to report.
+        for name in ("max_side", "max_frames", "max_seconds"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise VideoError(
+                    None, f"Limits({name}={value!r}): a limit must be a positive number, or None for none."
+                )
 
 
 def natural_key(name: str) -> list:
@@ -111,10 +247,11 @@ class _ArraySource:
 class _ImageListSource:
     """Frames stored as image files, in a folder or in a zip (read member by member, never extracted)."""
 
-    def __init__(self, path: Path, names: list[str], zip_path: Path | None):
+    def __init__(self, path: Path, names: list[str], zip_path: Path | None, limits: DecodeLimits):
         self.path = path
         self.names = names
         self.zip_path = zip_path
+        self.limits = limits
 
     def __len__(self) -> int:
         return len(self.names)
@@ -132,13 +269,22 @@ class _ImageListSource:
             yield archive
 
     def _bytes(self, name: str, archive: zipfile.ZipFile | None) -> bytes:
+        limit = self.limits.max_member_bytes
         if archive is None:
+            file = self.path / name
+            require_regular_file(file)
             try:
-                return (self.path / name).read_bytes()
+                with file.open("rb") as stream:
+                    data = stream.read(limit + 1)
             except OSError as err:
                 raise VideoError(self.path, f"frame {name!r} cannot be read ({err.strerror or err}).") from None
+            if len(data) > limit:
+                raise VideoError(
+                    self.path, f"frame {name!r} is larger than the {_mib(limit)} an image file may take here."
+                )
+            return data
         try:
-            return archive.read(name)
+            return read_member(archive, name, limit)
         except NotImplementedError as err:  # before RuntimeError, its base class
             raise VideoError(
                 self.path, f"member {name!r} uses a compression this reader lacks ({err}); re-zip it with deflate."
@@ -151,6 +297,7 @@ class _ImageListSource:
     def _decode(self, name: str, data: bytes) -> np.ndarray:
         try:
             with Image.open(io.BytesIO(data)) as image:
+                self.limits.check_pixels(self.path, *image.size, f"frame {name!r}")
                 return np.asarray(image.convert("RGB"))
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
             raise VideoError(self.path, f"frame {name!r} is not a readable image ({_image_reason(err)}).") from None
@@ -169,6 +316,7 @@ class _ImageListSource:
                 try:
                     with Image.open(io.BytesIO(data)) as image:
                         width, height = image.size
+                        self.limits.check_pixels(self.path, width, height, f"frame {name!r}")
                         image.verify()
                 except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
                     reason = _image_reason(err)
@@ -194,6 +342,8 @@ class _ImageListSource:
 def _image_reason(err: BaseException) -> str:
     if isinstance(err, UnidentifiedImageError):  # its text is "cannot identify image file <_io.BytesIO ...>"
         return "not a JPG or PNG that can be read"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"{err}; the server's limit is $VOS_MAX_FRAME_PIXELS, downscale the image"
     return str(err) or type(err).__name__
 
 
@@ -268,8 +418,15 @@ class Clip:
             raise VideoError(None, "a clip needs at least one frame.")
         first = np.asarray(frames[0])
         for i, frame in enumerate(frames):
-            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape != first.shape or frame.shape[2] != 3:
-                raise VideoError(None, f"frame {i} must be uint8 RGB of shape {first.shape}, got {frame.shape}.")
+            frame = np.asarray(frame)
+            if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape != first.shape:
+                expected = f"{first.shape}" if first.ndim == 3 and first.shape[2:] == (3,) else "(H, W, 3)"
+                raise VideoError(None, f"frame {i} must be RGB of shape {expected}, got shape {frame.shape}.")
+            if frame.dtype != np.uint8:
+                raise VideoError(
+                    None,
+                    f"frame {i} must hold uint8 values (0-255), got {frame.dtype}; convert with .astype(np.uint8).",
+                )
         return cls(_ArraySource(frames), name=name, fps=fps, native_size=first.shape[:2], num_frames=len(frames))
 
     # ---- sizes
@@ -377,15 +534,18 @@ class Clip:
 # Opening
 
 
-def open_clip(path: str | Path, limits: Limits = Limits(), *, fps: float | None = None) -> Clip:
+def open_clip(path: str | Path, limits: Limits | None = None, *, fps: float | None = None) -> Clip:
     """Open a video file, a folder of frames or a zip of frames, applying ``limits``.
 
     ``fps`` overrides the rate (frame folders and zips have none; they default to 24).
     Raises VideoError with a message for the user when the input cannot be used.
     """
+    limits = limits if limits is not None else Limits()  # read now: the decode limits follow the environment
     path = Path(path)
     if not path.exists():
         raise VideoError(path, "file not found.")
+    if not path.is_dir():
+        require_regular_file(path)
     if path.is_dir():
         names = sorted(
             (p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
@@ -393,24 +553,38 @@ def open_clip(path: str | Path, limits: Limits = Limits(), *, fps: float | None 
         )
         if not names:
             raise VideoError(path, f"the folder holds no {'/'.join(IMAGE_EXTENSIONS)} frames.")
-        source: FrameSource = _ImageListSource(path, names, None)
+        source: FrameSource = _ImageListSource(path, names, None, limits.decode)
         rate = fps or DEFAULT_FPS
     elif path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
-        source = _ImageListSource(path, _zip_frame_names(path), path)
+        source = _ImageListSource(path, _zip_frame_names(path, limits.decode), path, limits.decode)
         rate = fps or DEFAULT_FPS
     else:
+        _check_still_image(path, limits.decode)
         source, rate, notes = _probe_video(path, limits)
         return _apply_limits(source, path, fps or rate, limits, notes)
     return _apply_limits(source, path, rate, limits)
 
 
-def _zip_frame_names(path: Path) -> list[str]:
+def _check_still_image(path: Path, limits: DecodeLimits) -> None:
+    """A single PNG/JPEG given as a clip: its header's size is checked before anything decodes it (probing the
+    file with FFmpeg decodes the whole picture). Not an image: nothing to check here, the video probe follows."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as err:
+        raise VideoError(path, f"not a usable frame ({_image_reason(err)}).") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return
+    limits.check_pixels(path, width, height, "the image")
+
+
+def _zip_frame_names(path: Path, limits: DecodeLimits) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
     except (zipfile.BadZipFile, OSError) as err:
         raise VideoError(path, f"not a readable zip archive ({err}).") from None
-    names = []
+    names, frames = [], []
     for member in members:
         pure = PurePosixPath(member.filename.replace("\\", "/"))
         if pure.is_absolute() or ".." in pure.parts:
@@ -419,6 +593,8 @@ def _zip_frame_names(path: Path) -> list[str]:
             continue
         if pure.suffix.lower() in IMAGE_EXTENSIONS:
             names.append(member.filename)
+            frames.append(member)
+    check_zip_members(path, frames, limits)
     if not names:
         raise VideoError(path, f"the zip holds no {'/'.join(IMAGE_EXTENSIONS)} frames.")
     folders = {str(PurePosixPath(n).parent) for n in names}
@@ -443,6 +619,7 @@ def _probe_video(path: Path, limits: Limits) -> tuple[FrameSource, float, list[s
         if not container.streams.video:
             raise VideoError(path, "the file has no video stream.")
         stream = container.streams.video[0]
+        limits.decode.check_pixels(path, stream.width, stream.height, "a frame")
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate or Fraction(DEFAULT_FPS)
         rate = float(rate) if float(rate) > 0 else DEFAULT_FPS

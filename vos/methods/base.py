@@ -133,6 +133,9 @@ class Option:
             raise OptionError(
                 f"Option {self.name!r} expects {_type_label(self.type)}, got {value!r}." + self._choices_hint()
             ) from err
+        if self.type is float and not abs(parsed) < float("inf"):  # false for NaN and for either infinity
+            # NaN compares false with every bound, so it would pass the range check and run "ok" with empty masks.
+            raise OptionError(f"Option {self.name!r} got {value!r}; it must be a finite number.")
         if self.choices is not None and parsed not in self.choices:
             raise OptionError(f"Option {self.name!r} got {value!r}." + self._choices_hint())
         if not self._in_range(parsed):
