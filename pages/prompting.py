@@ -206,7 +206,9 @@ def start_session(upload: str | Path, limits: Limits, *, root: Path | None = Non
         copy.parent.mkdir()
         shutil.copyfile(upload, copy)
         clip = open_clip(copy, limits)
-        Image.fromarray(clip.first_frame()).save(folder / "first_frame.png")
+        first = clip.first_frame()
+        Image.fromarray(first).save(folder / "first_frame.png")
+        click_engine.prepare_in_background(first)  # the encoder runs while the user looks at the frame
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -106,3 +106,17 @@ def test_weights_list_names_the_click_engine():
 
     rows = vweights.weights_rows()
     assert any(file_id == ce.CLICK_WEIGHTS for _, _, file_id in rows)
+
+
+def test_the_image_is_encoded_when_the_clip_opens(engine):
+    frame = image(7)
+    before = engine.encodes
+    ce.register_engine("prepared-test", lambda: engine)
+    try:
+        ce.prepare_in_background(frame, "prepared-test").join(120)
+        assert engine.encodes == before + 1
+        engine(frame, prompts.ObjectPrompt(clicks=[prompts.Click(3, 4)]))
+        assert engine.encodes == before + 1  # the click found the embedding ready
+    finally:
+        ce.FACTORIES.pop("prepared-test")
+        ce._load_engine.cache_clear()

@@ -56,6 +56,9 @@ class ClickEngine:
     def describe(self) -> str:
         return self.name + (f" ({self.note})" if self.note else "")
 
+    def prepare(self, image: np.ndarray) -> None:
+        """Do the per-image work ahead of the first click (called when a clip is opened)."""
+
 
 class GrabCutEngine(ClickEngine):
     name = "GrabCut (OpenCV, no weights)"
@@ -122,6 +125,9 @@ class Sam2Engine(ClickEngine):
             while len(self._embeddings) > EMBEDDINGS_KEPT:
                 self._embeddings.popitem(last=False)
             return found
+
+    def prepare(self, image: np.ndarray) -> None:
+        self.embedding(image)
 
     def __call__(self, image: np.ndarray, prompt: vprompts.ObjectPrompt) -> np.ndarray:
         h, w = image.shape[:2]
@@ -220,6 +226,21 @@ def _sam2_from_spec(spec: str):
             "hf://OWNER/REPO[/FILE]."
         )
     return _sam2_model(_read_safetensors(path)), f"SAM 2 ({os.path.basename(path)})"
+
+
+def prepare_in_background(image: np.ndarray, spec: str | None = None) -> threading.Thread:
+    """Load the engine and encode ``image`` in a background thread (when a clip is uploaded), so that the first
+    click does not wait for the encoder; a click that comes earlier waits for that one encoding, not a second."""
+
+    def work() -> None:
+        try:
+            load_engine(spec).prepare(image)
+        except Exception as err:  # noqa: BLE001 -- the click itself will report any real problem
+            log.warning("click engine: could not prepare the image: %s", err)
+
+    thread = threading.Thread(target=work, name="vos-click-engine", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_engine(spec: str | None = None) -> ClickEngine:
