@@ -538,7 +538,7 @@ def table_rows(view: RunView) -> tuple[list[str], list[list[object]]]:
             r.title,
             r.variant,
             "unsupervised" if r.task == UNSUP else "semi-supervised",
-            STATUS_LABELS.get(r.status, r.status),
+            r.stopped_text() if r.status == runner.CANCELLED else STATUS_LABELS.get(r.status, r.status),
             None if r.fps is None else round(r.fps, 2),
             None if r.peak_memory_mib is None else round(r.peak_memory_mib),
             None if r.load_s is None else round(r.load_s, 2),

@@ -305,7 +305,8 @@ def test_cancel_between_frames(tmp_path, shapes):
     # The stopped method keeps the frames it finished; the one that never started has none.
     stopped, never = result.records
     assert stopped.frames_done == 2 and stopped.has_masks
-    assert sorted(p.name for p in result.masks_dir("fake_copy").iterdir()) == ["00000.png", "00001.png"]
+    assert sorted(p.name for p in result.masks_dir("fake_copy").iterdir()) == ["00000.png", "00001.png", "STOPPED.txt"]
+    assert "stopped at frame 2 of" in (result.masks_dir("fake_copy") / "STOPPED.txt").read_text()
     assert np.array_equal(result.read_mask("fake_copy", 1), masks[0])
     assert stopped.status_line() == f"stopped at frame 2 of {clip.num_frames}"
     assert not never.has_masks and never.status_line() == "stopped before it started"

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 RUN_FORMAT = 1
 MASK_NAME = "{:05d}.png"
+STOPPED_NOTE = "STOPPED.txt"  # in a stopped method's masks folder
 
 # Record statuses
 PENDING, RUNNING, OK, FAILED, OOM, NO_WEIGHTS, CANCELLED = (
@@ -579,6 +580,10 @@ def _run_one(
     if record.status == OK or (record.status == CANCELLED and record.frames_done > 0):
         partial_dir.rename(final_dir)
         record.masks_dir = str(final_dir.relative_to(result.out_dir))
+        if record.status == CANCELLED:  # said beside the masks too, so the masks zip alone tells it
+            (final_dir / STOPPED_NOTE).write_text(
+                f"{record.title}: {record.stopped_text()}; frames 0 to {record.frames_done - 1} are here.\n"
+            )
         if matcher is not None:
             record.segment_ids = {str(k): v for k, v in matcher.mapping.items()}
             record.extra_ids = list(matcher.extra_ids)
