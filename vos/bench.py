@@ -974,8 +974,32 @@ def _title(what: str, results: dict[str, Any], *notes: str) -> str:
     return _with_subtitle(what, lines)
 
 
+SUBTITLE_WIDTH = 52  # characters per subtitle line: what a phone-wide chart shows without clipping
+
+
 def _with_subtitle(title: str, lines: Sequence[str]) -> str:
-    return title + "".join(f"<br><sup>{line}</sup>" for line in lines if line)
+    """The title and its subtitle lines, each wrapped at " · " (then at spaces) so a phone shows all of it."""
+    wrapped = [piece for line in lines if line for piece in _wrap(line, SUBTITLE_WIDTH)]
+    return title + "".join(f"<br><sup>{line}</sup>" for line in wrapped)
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """Greedy lines of at most ``width`` characters: whole " · " segments where they fit, else words."""
+    lines: list[str] = []
+
+    def add(piece: str, sep: str) -> None:
+        if lines and len(lines[-1]) + len(sep) + len(piece) <= width:
+            lines[-1] += sep + piece
+        else:
+            lines.append(piece)
+
+    for segment in line.split(" · "):
+        if len(segment) <= width:
+            add(segment, " · ")
+            continue
+        for index, word in enumerate(segment.split(" ")):
+            add(word, " · " if index == 0 else " ")
+    return lines
 
 
 def busy_note(results: dict[str, Any]) -> str:
@@ -1000,7 +1024,8 @@ def _resolution_axis(fig: go.Figure, results: dict[str, Any]) -> None:
 
 def _layout(fig: go.Figure, title: str) -> None:
     fig.update_layout(
-        title={"text": title, "x": 0.01, "xanchor": "left"},
+        # automargin: the top margin grows with the subtitle's lines, so the title never runs into the plot.
+        title={"text": title, "x": 0.01, "xanchor": "left", "yref": "paper", "automargin": True},
         template="plotly_white",
         # Below the plot, in a row: beside it, it takes half of a phone's width from the lines.
         # At the foot of the figure (not of the plot, whose height varies), clear of the axis title.
