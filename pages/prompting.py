@@ -453,8 +453,10 @@ def preview(session: PromptSession, labels: np.ndarray | None = None, frame: np.
 
 
 def engine_text() -> str:
-    """Which engine turns clicks into masks here, and why not SAM 2 when it is GrabCut."""
-    return click_engine.load_engine().describe()
+    """Which engine turns clicks into masks here, and why not SAM 2 when it is GrabCut; while it is still loading
+    (an upload starts it in the background) it says so rather than making the page wait."""
+    engine = click_engine.built_engine()
+    return engine.describe() if engine is not None else "the click engine (loading; the first click waits for it)"
 
 
 def object_choices(session: PromptSession) -> list[tuple[str, int]]:

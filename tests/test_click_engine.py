@@ -74,7 +74,7 @@ def test_decoder_takes_points_in_image_pixels(engine):
 
 
 def test_hub_without_weights_falls_back_to_grabcut():
-    ce._load_engine.cache_clear()
+    ce.forget_engines()
     chosen = ce.load_engine("hub")
     assert isinstance(chosen, ce.GrabCutEngine)
     assert f"python -m vos weights fetch {ce.CLICK_WEIGHTS}" in chosen.describe()
@@ -83,16 +83,18 @@ def test_hub_without_weights_falls_back_to_grabcut():
 
 
 def test_engine_from_the_environment(monkeypatch):
-    ce._load_engine.cache_clear()
+    ce.forget_engines()
     monkeypatch.setenv(ce.ENGINE_ENV, "grabcut")
+    assert ce.built_engine() is None  # the page's text never waits for a build
     chosen = ce.load_engine()
+    assert ce.built_engine() is chosen
     assert isinstance(chosen, ce.GrabCutEngine) and chosen.note == ""
     monkeypatch.setenv(ce.ENGINE_ENV, "tiny-random")  # registered by tests.fakes, as a VOS_PLUGINS module would
     assert ce.load_engine() is ce.load_engine() and isinstance(ce.load_engine(), ce.Sam2Engine)
 
 
 def test_bad_specs_say_what_is_wrong(tmp_path):
-    ce._load_engine.cache_clear()
+    ce.forget_engines()
     with pytest.raises(ce.ClickEngineError, match="no such file"):
         ce.load_engine(str(tmp_path / "missing.safetensors"))
     partial = tmp_path / "partial.safetensors"
@@ -119,4 +121,4 @@ def test_the_image_is_encoded_when_the_clip_opens(engine):
         assert engine.encodes == before + 1  # the click found the embedding ready
     finally:
         ce.FACTORIES.pop("prepared-test")
-        ce._load_engine.cache_clear()
+        ce.forget_engines()

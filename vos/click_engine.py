@@ -18,7 +18,6 @@ the environment variable ``VOS_CLICK_ENGINE`` when the caller gives none.
 from __future__ import annotations
 
 import collections
-import functools
 import hashlib
 import logging
 import os
@@ -243,12 +242,34 @@ def prepare_in_background(image: np.ndarray, spec: str | None = None) -> threadi
     return thread
 
 
+_BUILT: dict[str, ClickEngine] = {}
+_BUILDING = threading.Lock()  # one build per spec, even when an upload's background thread and a click race
+
+
+def _spec(spec: str | None) -> str:
+    return (spec or os.environ.get(ENGINE_ENV) or HUB).strip()
+
+
 def load_engine(spec: str | None = None) -> ClickEngine:
     """The engine ``spec`` names (else $VOS_CLICK_ENGINE, else ``hub``), built once per process and spec.
 
     ``hub`` never fails: without the SAM 2 weights it gives GrabCut with a note saying how to get them."""
-    spec = (spec or os.environ.get(ENGINE_ENV) or HUB).strip()
-    return _load_engine(spec)
+    spec = _spec(spec)
+    with _BUILDING:
+        if spec not in _BUILT:
+            _BUILT[spec] = _load_engine(spec)
+        return _BUILT[spec]
+
+
+def built_engine(spec: str | None = None) -> ClickEngine | None:
+    """The engine if it is built already, else None (never waits: for text shown while it loads)."""
+    return _BUILT.get(_spec(spec))
+
+
+def forget_engines() -> None:
+    """Drop the built engines (tests; a new spec or new weights take effect at the next click)."""
+    with _BUILDING:
+        _BUILT.clear()
 
 
 FACTORIES: dict[str, Callable[[], ClickEngine]] = {}  # named engines plugins add (tests: a tiny random SAM 2)
@@ -257,10 +278,9 @@ FACTORIES: dict[str, Callable[[], ClickEngine]] = {}  # named engines plugins ad
 def register_engine(name: str, factory: Callable[[], ClickEngine]) -> None:
     """Make ``name`` a click-engine spec (e.g. from a VOS_PLUGINS module); the factory runs once, on first use."""
     FACTORIES[name] = factory
-    _load_engine.cache_clear()
+    forget_engines()
 
 
-@functools.lru_cache(maxsize=4)
 def _load_engine(spec: str) -> ClickEngine:
     from vos import weights as vweights
 
