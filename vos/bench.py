@@ -975,12 +975,14 @@ def _title(what: str, results: dict[str, Any], *notes: str) -> str:
 
 
 SUBTITLE_WIDTH = 52  # characters per subtitle line: what a phone-wide chart shows without clipping
+TITLE_WIDTH = 36  # the same for the title's larger letters
 
 
 def _with_subtitle(title: str, lines: Sequence[str]) -> str:
     """The title and its subtitle lines, each wrapped at " · " (then at spaces) so a phone shows all of it."""
     wrapped = [piece for line in lines if line for piece in _wrap(line, SUBTITLE_WIDTH)]
-    return title + "".join(f"<br><sup>{line}</sup>" for line in wrapped)
+    heading = "<br>".join(_wrap(title, TITLE_WIDTH))
+    return heading + "".join(f"<br><sup>{line}</sup>" for line in wrapped)
 
 
 def _wrap(line: str, width: int) -> list[str]:
@@ -1024,13 +1026,21 @@ def _resolution_axis(fig: go.Figure, results: dict[str, Any]) -> None:
 
 def _layout(fig: go.Figure, title: str) -> None:
     fig.update_layout(
-        # automargin: the top margin grows with the subtitle's lines, so the title never runs into the plot.
-        title={"text": title, "x": 0.01, "xanchor": "left", "yref": "paper", "automargin": True},
+        # Hung from the figure's top, over a margin as tall as its lines: a wrapped subtitle never runs into the plot.
+        title={
+            "text": title,
+            "x": 0.01,
+            "xanchor": "left",
+            "yref": "container",
+            "y": 1,
+            "yanchor": "top",
+            "pad": {"t": 16},
+        },
         template="plotly_white",
         # Below the plot, in a row: beside it, it takes half of a phone's width from the lines.
         # At the foot of the figure (not of the plot, whose height varies), clear of the axis title.
         legend={"title": "method · variant", "orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.01},
-        margin={"l": 60, "r": 20, "t": 100, "b": 150},
+        margin={"l": 60, "r": 20, "t": 44 + 20 * (title.count("<br>") + 1), "b": 150},
         hovermode="closest",
     )
 
@@ -1348,7 +1358,7 @@ def accuracy_speed_figure(
     fig.update_xaxes(title="frames per second (log)", type="log", range=x_range)
     fig.update_yaxes(title=f"{ACCURACY_METRIC} (DAVIS-style, %)", range=y_range)
     _layout(fig, _with_subtitle("Accuracy vs speed: papers (stars) and this machine (circles)", notes))
-    fig.update_layout(legend={"title": "method"}, showlegend=True, margin={"t": 120, "b": 150})
+    fig.update_layout(legend={"title": "method"}, showlegend=True, margin={"b": 150})
     return fig
 
 
