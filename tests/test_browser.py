@@ -188,7 +188,10 @@ def test_readme_screenshots(open_page, tmp_path):
     on an app without the test-only methods."""
     folder = Path(os.environ["VOS_SCREENSHOT_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
-    with launched_app(tmp_path, plugins="") as app_url:
+    # A Hugging Face home where a user's is (still offline), so that a tile's "weights missing" message shows a path
+    # a reader recognises rather than the test's temporary folder.
+    home = {"HF_HOME": str(Path.home() / ".cache" / "huggingface")}
+    with launched_app(tmp_path, plugins="", env=home) as app_url:
         take_readme_screenshots(open_page, app_url, folder)
 
 
