@@ -733,7 +733,7 @@ def grid_frames(result: RunResult) -> Iterator[np.ndarray]:
             vmasks.Tile(
                 vmasks.overlay(frame, prompt) if index == 0 else frame,
                 "Input" + (" + prompt" if index == 0 else ""),
-                f"frame {index} of 0-{result.clip.num_frames - 1}",  # counted from 0, as the app's slider
+                f"frame {index} / {result.clip.num_frames - 1}",  # counted from 0 to the last, as the app's slider
             )
         ]
         for record in result.records:
