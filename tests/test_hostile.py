@@ -248,10 +248,6 @@ def test_prompts_to_mask_refuses_more_objects_than_allowed_before_running_grabcu
         vprompts.prompts_to_mask(image, objects)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ranges for mixture's and tvos's number options belong in their method files (issue-18 report lists them)",
-)
 def test_every_number_option_of_a_real_method_declares_its_range():
     from vos.methods import available
 

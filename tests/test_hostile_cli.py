@@ -288,11 +288,6 @@ def test_a_checkpoint_that_would_run_code_never_runs_it_and_nothing_is_written(t
     assert "error: --weights for wtest:" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vos/weights.py read_checkpoint must also recognise this torch's 'unsupported GLOBAL posix.system' "
-    "(change described in the issue-18 report; weights.py is being split by another helper)",
-)
 def test_a_checkpoint_that_would_run_code_is_named_as_such(tmp_path):
     from vos import weights as vweights
 

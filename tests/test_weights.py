@@ -415,8 +415,10 @@ def test_network_layout_is_built_on_the_meta_device(env):
     xcit, what = weights.network_layout("backbone.dino_xcit_small_12_p8", method="mixture", variant="xcit_dinov2_b")
     assert what == "mixture:xcit_dinov2_b part 'xcit' (backbone.dino_xcit_small_12_p8)"
     assert xcit["cls_token"] == (1, 1, 384) and len(xcit) > 300
-    with pytest.raises(weights.ConversionError, match="No registered method loads simvos.b"):
-        weights.network_layout("simvos.b")
+    simvos_b, what = weights.network_layout("simvos.b")
+    assert what == "simvos:vit_b part 'model' (simvos.b)" and len(simvos_b) == 201
+    with pytest.raises(weights.ConversionError, match="No registered method loads backbone.mae_vitb16"):
+        weights.network_layout("backbone.mae_vitb16")
 
 
 def test_cached_conversion_with_another_sha256_than_the_manifest_is_refused(env, monkeypatch):

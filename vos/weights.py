@@ -398,7 +398,7 @@ def read_checkpoint(path: str | Path) -> Any:
         with torch.serialization.safe_globals(_allowed_pickle_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(err))
         if found is None:
             raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({_unpickler_reason(err)})") from err
         raise ConversionError(

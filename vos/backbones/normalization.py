@@ -32,8 +32,8 @@ def frames_to_tensor(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """uint8 RGB frames (T, H, W, 3) or one (H, W, 3) -> normalised float32 (T, 3, H, W): /255, then the stats."""
-    array = np.asarray(frames)
+    array = np.array(frames, dtype=np.uint8)  # a copy: decoded frames may be read-only, which torch warns about
     if array.ndim == 3:
         array = array[None]
-    images = torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    images = torch.from_numpy(array).to(device).permute(0, 3, 1, 2).float().div_(255)
     return normalise(images, mean, std)

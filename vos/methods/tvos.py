@@ -134,14 +134,27 @@ INFO = MethodInfo(
         ),
     ),
     options=(
-        Option("temperature", float, 1.0, "Multiplies the similarities before the softmax (the release's 1.0)."),
+        Option(
+            "temperature",
+            float,
+            1.0,
+            "Multiplies the similarities before the softmax (the release's 1.0).",
+            minimum=1e-6,
+        ),
         Option(
             "sigma_far",
             float,
             21.0,
             "Spatial prior width, in feature cells (8 pixels), for the five distant reference frames once t > 15.",
+            minimum=1e-3,
         ),
-        Option("sigma_near", float, 8.0, "Spatial prior width, in feature cells, for the recent reference frames."),
+        Option(
+            "sigma_near",
+            float,
+            8.0,
+            "Spatial prior width, in feature cells, for the recent reference frames.",
+            minimum=1e-3,
+        ),
         Option(
             "window",
             int,
