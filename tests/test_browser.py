@@ -190,7 +190,8 @@ def test_readme_screenshots(open_page, tmp_path):
     folder.mkdir(parents=True, exist_ok=True)
     # A Hugging Face home where a user's is (still offline), so that a tile's "weights missing" message shows a path
     # a reader recognises rather than the test's temporary folder.
-    home = {"HF_HOME": str(Path.home() / ".cache" / "huggingface")}
+    hf_home = Path.home() / ".cache" / "huggingface"
+    home = {"HF_HOME": str(hf_home), "VOS_CACHE": str(hf_home / "vos-compare")}
     with launched_app(tmp_path, plugins="", env=home) as app_url:
         take_readme_screenshots(open_page, app_url, folder)
 
