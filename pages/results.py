@@ -9,12 +9,10 @@ import contextvars
 import copy
 import datetime as _dt
 import html
-import json
 import logging
 import re
 import threading
 import time
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +22,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vos import bundle as vbundle
 from vos import masks as vmasks
 from vos import runner
+from vos.bundle import MethodRecord, RunBundle, Status, load_bundle
 from vos.methods import UNSUP, get_info
-from vos.present import Bundle, load_bundle
-from vos.runner import MethodRecord, MethodSpec
+from vos.runner import MethodSpec
 from vos.video import Clip, resize_frame
 
 log = logging.getLogger(__name__)
@@ -281,15 +280,7 @@ def pending_record(spec: MethodSpec) -> MethodRecord:
     return MethodRecord(spec.key, info.title, info.task, spec.variant or info.default_variant)
 
 
-STATUS_LABELS = {
-    runner.PENDING: "waiting",
-    runner.RUNNING: "running",
-    runner.OK: "done",
-    runner.FAILED: "failed",
-    runner.OOM: "out of memory",
-    runner.NO_WEIGHTS: "weights missing",
-    runner.CANCELLED: "stopped",
-}
+STATUS_LABELS = {status: status.label for status in Status}
 
 
 def clock(seconds: float) -> str:
@@ -363,7 +354,7 @@ def live_html(
 
 @dataclass
 class RunView:
-    bundle: Bundle
+    bundle: RunBundle
     records: list[MethodRecord]
 
     @property
@@ -385,9 +376,7 @@ class RunView:
 
 def load_view(run_dir: str | Path) -> RunView:
     bundle = load_bundle(run_dir)
-    fields = MethodRecord.__dataclass_fields__
-    records = [MethodRecord(**{k: v for k, v in m.items() if k in fields}) for m in bundle.methods]
-    return RunView(bundle, records)
+    return RunView(bundle, bundle.records)
 
 
 def frame_path(frames_dir: Path, index: int) -> Path:
@@ -462,7 +451,7 @@ def tile_label(record: MethodRecord) -> str:
 
 
 def tile_subtitle(record: MethodRecord) -> str:
-    return f"{record.variant} · {'unsupervised' if record.task == UNSUP else 'semi-supervised'}"
+    return f"{record.variant} · {record.task_words}"
 
 
 def _code(text: str) -> str:
@@ -526,27 +515,9 @@ def _segments_html(record: MethodRecord) -> str:
     return f'<div class="vos-caption">{swatches_html(entries)}{html.escape(more)}<br><small>{note}</small></div>'
 
 
-TABLE_HEADERS = ["Method", "Variant", "Task", "Status", "fps", "Peak memory (MiB)", "Load (s)", "J&F"]
-
-
 def table_rows(view: RunView) -> tuple[list[str], list[list[object]]]:
     """Per-method numbers; the J&F column only when a ground truth was scored."""
-    headers = TABLE_HEADERS if view.has_scores else TABLE_HEADERS[:-1]
-    rows = []
-    for r in view.records:
-        row: list[object] = [
-            r.title,
-            r.variant,
-            "unsupervised" if r.task == UNSUP else "semi-supervised",
-            r.stopped_text() if r.status == runner.CANCELLED else STATUS_LABELS.get(r.status, r.status),
-            None if r.fps is None else round(r.fps, 2),
-            None if r.peak_memory_mib is None else round(r.peak_memory_mib),
-            None if r.load_s is None else round(r.load_s, 2),
-        ]
-        if view.has_scores:
-            row.append(None if not r.scores else round(r.scores.get("J&F", float("nan")), 3))
-        rows.append(row)
-    return headers, rows
+    return vbundle.table_rows(view.records)
 
 
 def table_html(view: RunView) -> str:
@@ -604,25 +575,6 @@ def without_server_paths(value: Any) -> Any:
 _SERVER_PATH = re.compile(r"(?<![\w.~/:])/[^\s'\",;()]+")
 
 
-def zip_folder(folder: Path, dest: Path, *, root: str, skip: Sequence[str] = ()) -> Path:
-    """Zip ``folder`` as ``root/...`` (PNGs and MP4s are already compressed: stored, not deflated). Its run.json
-    goes in without server paths (``without_server_paths``)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.part")
-    with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as archive:
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if path.is_dir() or any(p.startswith(".") for p in rel.parts) or rel.parts[0] in skip:
-                continue
-            if rel.as_posix() == "run.json":
-                public = without_server_paths(json.loads(path.read_text()))
-                archive.writestr(f"{root}/run.json", json.dumps(public, indent=2))
-                continue
-            archive.write(path, f"{root}/{rel.as_posix()}")
-    part.replace(dest)
-    return dest
-
-
 @dataclass
 class Downloads:
     video: Path | None  # side_by_side.mp4 (None if it could not be encoded)
@@ -641,8 +593,8 @@ def downloads(view: RunView, dest: Path) -> Downloads:
     masks_dir = view.path / "masks"
     masks = None
     if masks_dir.is_dir() and any(masks_dir.iterdir()):
-        masks = zip_folder(masks_dir, folder / f"{clip}_masks.zip", root=f"{run}_masks")
-    bundle = zip_folder(view.path, folder / f"{clip}_run.zip", root=run)
+        masks = vbundle.zip_folder(masks_dir, folder / f"{clip}_masks.zip", root=f"{run}_masks")
+    bundle = vbundle.zip_bundle(view.path, folder / f"{clip}_run.zip", run_json=without_server_paths)
     return Downloads(view.bundle.video, masks, bundle)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vos import click_engine
-from vos.methods import SEMI, UNSUP, Method, MethodInfo, Option, Paper, register, unregister
+from vos.methods import OFFLINE, SEMI, UNSUP, Method, MethodInfo, Option, Paper, register, unregister
 
 PAPER = Paper(title="A test double", authors="vos-compare tests", venue="tests", year=2026, url="https://example.org")
 
@@ -136,6 +136,21 @@ class ShuffledSegments(Method):
         segments[:2, :2] = 3
         for _frame in clip.frames():
             yield segments
+
+
+@register
+class WholeClipFirst(Method):
+    """Offline double: ``delay`` seconds of whole-clip work (reported as a stage) before frame 0, then every frame."""
+
+    info = fake_info("fake_offline", processing=OFFLINE, options=(Option("delay", float, 0.2, "seconds of work"),))
+
+    def _segment(self, clip, first_mask):
+        steps = 4
+        for step in range(steps):
+            time.sleep(self.options["delay"] / steps)
+            self.report("whole clip", step + 1, steps)
+        for _frame in clip.frames():
+            yield first_mask
 
 
 TINY_SAM2_SIDE = 256  # the tiny model's input side (the release's is 1024)

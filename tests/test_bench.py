@@ -114,6 +114,17 @@ def test_out_of_memory_and_failure_are_recorded_not_raised(tmp_path):
     assert len(ok["fps_runs"]) == 2 and ok["fps"] > 0 and len(ok["first_frame_runs"]) == 2
 
 
+def test_an_offline_method_is_timed_over_the_whole_clip():
+    record = bench.measure_point(_task("fake_offline"))
+    assert record["fps_basis"] == bench.TOTAL and record["first_frame_s"] >= 0.2
+    assert record["fps"] <= 3 / 0.2  # its work before frame 0 counts: the steady frames alone are far faster
+    specs = bench.parse_methods("fake_offline")
+    point, _ = bench.plan(specs, [32], frames=3, repeats=1, device="cpu", dtype="fp32", weights="random")[0]
+    bench._fill(point, record)
+    assert point.fps_basis == bench.TOTAL  # and so the stored point and the chart say how it was counted
+    assert "over the whole clip" in bench.fps_figure(_results([point])).layout.title.text
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Sweeps: one subprocess per point
 

@@ -428,9 +428,9 @@ def test_ctrl_c_keeps_the_frames_done(tmp_path, clip_and_prompt, capsys):
     data = json.loads((out / "run.json").read_text())
     copied, never = data["methods"]
     assert copied["status"] == "cancelled" and 2 <= copied["frames_done"] < 6 and copied["frames_total"] == 6
-    pngs = sorted(p.name for p in (out / "masks" / "fake_copy").glob("*.png"))
+    pngs = sorted(p.name for p in (out / copied["partial_masks_dir"]).glob("*.png"))
     assert pngs == [f"{i:05d}.png" for i in range(copied["frames_done"])]
-    assert never["status"] == "cancelled" and never["masks_dir"] is None
+    assert never["status"] == "cancelled" and never["masks_dir"] is None and never["partial_masks_dir"] is None
     assert (out / "side_by_side.mp4").stat().st_size > 0
     assert "Stopped (Ctrl+C)" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the run

@@ -302,16 +302,15 @@ def test_cancel_between_frames(tmp_path, shapes):
     )
     assert [r.status for r in result.records] == [runner.CANCELLED, runner.CANCELLED]
     assert seen == [1, 2]
-    # The stopped method keeps the frames it finished; the one that never started has none.
+    # The stopped method keeps the frames it finished (under partial/); the one that never started has none.
     stopped, never = result.records
     assert stopped.frames_done == 2 and stopped.has_masks
-    assert sorted(p.name for p in result.masks_dir("fake_copy").iterdir()) == ["00000.png", "00001.png", "STOPPED.txt"]
-    assert "stopped at frame 2 of" in (result.masks_dir("fake_copy") / "STOPPED.txt").read_text()
     assert np.array_equal(result.read_mask("fake_copy", 1), masks[0])
+    assert result.read_mask("fake_copy", 2) is None
     assert stopped.status_line() == f"stopped at frame 2 of {clip.num_frames}"
     assert not never.has_masks and never.status_line() == "stopped before it started"
     data = json.loads((tmp_path / "run.json").read_text())
-    assert data["methods"][0]["masks_dir"] == "masks/fake_copy" and data["methods"][0]["frames_done"] == 2
+    assert data["methods"][0]["partial_masks_dir"] and data["methods"][0]["frames_done"] == 2
 
 
 def test_ground_truth_scores(tmp_path, shapes):

@@ -55,8 +55,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run methods on a clip and write a run bundle",
-        description="Run several methods on one clip, one after another, and write RUN_DIR/run.json, "
-        "RUN_DIR/masks/<method>/<frame>.png (palette PNGs) and RUN_DIR/side_by_side.mp4. With --from, the flags "
+        description="Run several methods on one clip, one after another, and write a run bundle: RUN_DIR/run.json, "
+        "RUN_DIR/frames/<frame>.jpg (the input at the working size), RUN_DIR/masks/<method>/<frame>.png (palette "
+        "PNGs) and RUN_DIR/side_by_side.mp4; `python -m vos present` plays it back anywhere. With --from, the flags "
         "given override what the run.json records.",
     )
     p.add_argument("clip", nargs="?", help="video file (mp4, webm, avi, mov, mkv) or a folder / zip of frames")
@@ -91,6 +92,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=_positive(float), default=None, help="frame rate of a frame folder / zip (default 24)")
     p.add_argument("--gt", default=None, help="ground-truth masks (folder or zip of palette PNGs) to score J&F")
     p.add_argument("--no-video", action="store_true", help="skip the side-by-side MP4")
+    p.add_argument(
+        "--zip", action="store_true", help="also write the bundle as one file, OUT.zip, for `python -m vos present`"
+    )
     p.add_argument(
         "--from", dest="from_run", default=None, metavar="RUN_JSON", help="repeat the run a run.json records"
     )
@@ -162,9 +166,27 @@ def _add_methods(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_present(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("present", help="show a saved run bundle in a Streamlit presenter (no GPU needed)")
-    p.add_argument("run_dir", help="a folder written by `python -m vos run`, or a folder of such folders")
-    p.add_argument("--port", type=int, default=8501)
+    p = sub.add_parser(
+        "present",
+        help="play saved run bundles back in a Streamlit presenter (no GPU, weights or network needed)",
+        description="Start the talk-mode page on run bundles, or with --png / --mp4 export the synchronized grid for "
+        "slides instead (method names and frame number burnt in).",
+    )
+    p.add_argument(
+        "run_dir",
+        metavar="PATH",
+        help="a run bundle (its folder or its .zip, from `python -m vos run --zip` or the app), or a folder of them",
+    )
+    p.add_argument("--port", type=_positive(int), default=8501)
+    p.add_argument("--theme", choices=["dark", "light"], default="dark", help="page colours (default dark)")
+    p.add_argument(
+        "--bench", action="append", default=[], metavar="FILE", help="also chart a `python -m vos bench` results file"
+    )
+    p.add_argument("--png", default=None, metavar="FILE", help="export one frame of the grid as PNG, then exit")
+    p.add_argument("--frame", type=_positive(int), default=None, help="with --png: the frame, 1..N (default 1)")
+    p.add_argument("--mp4", default=None, metavar="FILE", help="export the whole grid as an H.264 MP4, then exit")
+    p.add_argument("--style", choices=["overlay", "mask only", "contour only"], default="overlay")
+    p.add_argument("--methods", default=None, help="with --png / --mp4: a comma-separated list (default: all)")
     p.set_defaults(module="vos.present", function="command_present")
 
 

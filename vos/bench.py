@@ -770,6 +770,7 @@ def _fill(point: Point, record: dict[str, Any]) -> None:
         "first_frame_runs",
         "fps",
         "fps_runs",
+        "fps_basis",
         "frames_done",
         "peak_memory_mib",
         "memory_kind",
@@ -1026,7 +1027,6 @@ def _resolution_axis(fig: go.Figure, results: dict[str, Any]) -> None:
 
 def _layout(fig: go.Figure, title: str) -> None:
     fig.update_layout(
-        # Hung from the figure's top, over a margin as tall as its lines: a wrapped subtitle never runs into the plot.
         title={
             "text": title,
             "x": 0.01,
@@ -1034,13 +1034,14 @@ def _layout(fig: go.Figure, title: str) -> None:
             "yref": "container",
             "y": 1,
             "yanchor": "top",
-            "pad": {"t": 16},
+            "pad": {"t": 14},
         },
         template="plotly_white",
         # Below the plot, in a row: beside it, it takes half of a phone's width from the lines.
         # At the foot of the figure (not of the plot, whose height varies), clear of the axis title.
         legend={"title": "method · variant", "orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.01},
-        margin={"l": 60, "r": 20, "t": 44 + 20 * (title.count("<br>") + 1), "b": 150},
+        # Room for the title and each subtitle line: more lines must not run into the plot.
+        margin={"l": 60, "r": 20, "t": 50 + 24 * title.count("<br>"), "b": 150},
         hovermode="closest",
     )
 

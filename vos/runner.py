@@ -1,11 +1,13 @@
 """Run several methods on one clip, one after another, each isolated, and write a run bundle.
 
-A run bundle is a folder::
+A run bundle is a folder (its layout and run.json's fields: ``vos.bundle``)::
 
     run.json                     clip, prompt, settings, and one record per method (status, timings, memory,
                                  variant, effective options, weights' source and sha256)
     prompt.png                   the first-frame label map (palette PNG)
-    masks/<method>/00000.png     each method's label maps at the clip's size (palette PNGs)
+    frames/00000.jpg             the input frames at the working size, so the bundle plays back anywhere
+    masks/<method>/00000.png     each finished method's label maps at the clip's size (palette PNGs)
+    partial/<method>/00000.png   what a method that failed or was stopped produced before it stopped
     side_by_side.mp4             input + one tile per method (H.264)
 
 Isolation: an exception or out-of-memory in one method is recorded in its record and the others still run; memory
@@ -16,7 +18,6 @@ objects on the first frame (Hungarian on IoU) and unmatched segments are kept as
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import itertools
 import json
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +41,21 @@ from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 import vos
+from vos import bundle as vbundle
 from vos import device as vdevice
 from vos import masks as vmasks
 from vos import runnable as vrunnable
+from vos.bundle import MASK_NAME, MethodRecord, Status
 from vos.errors import VosError
 from vos.methods import base as mbase
-from vos.video import Clip, Limits, open_clip, write_mp4
+from vos.video import Clip, Limits, VideoError, open_clip, write_mp4
 
 log = logging.getLogger(__name__)
 
-RUN_FORMAT = 1
-MASK_NAME = "{:05d}.png"
-STOPPED_NOTE = "STOPPED.txt"  # in a stopped method's masks folder
-
-# Record statuses
-PENDING, RUNNING, OK, FAILED, OOM, NO_WEIGHTS, CANCELLED = (
-    "pending",
-    "running",
-    "ok",
-    "failed",
-    "out_of_memory",
-    "weights_missing",
-    "cancelled",
-)
+RUN_FORMAT = vbundle.FORMAT
+# Record statuses (short names for vos.bundle.Status, which pages and tests use as runner.OK, ...)
+PENDING, RUNNING, OK, FAILED, OOM = Status.PENDING, Status.RUNNING, Status.OK, Status.FAILED, Status.OOM
+NO_WEIGHTS, CANCELLED = Status.NO_WEIGHTS, Status.CANCELLED
 
 
 class RunError(VosError, ValueError):
@@ -253,88 +246,25 @@ def check_weights_spec(spec: str, *, shown: str | None = None) -> str:
 
 
 @dataclass
-class MethodRecord:
-    key: str
-    title: str
-    task: str
-    variant: str
-    status: str = PENDING
-    error: str | None = None
-    hint: str | None = None  # what to do about the error
-    frames_done: int = 0
-    frames_total: int | None = None  # the clip's frames, so a stopped method can say how far it got
-    stage: str | None = None  # the latest progress the method reported, e.g. "flow 12/80"
-    variant_note: str | None = None  # why this variant and not the method's default (chosen to run here)
-    load_s: float | None = None
-    first_frame_s: float | None = None
-    segment_s: float | None = None
-    fps: float | None = None
-    peak_memory_mib: float | None = None
-    memory_kind: str | None = None  # cuda_allocated or cpu_rss
-    reserved_memory_mib: float | None = None
-    device: str | None = None
-    config: dict[str, Any] | None = None  # variant, effective options, weights provenance
-    segment_ids: dict[str, int] | None = None  # unsupervised: raw segment id -> shown id
-    extra_ids: list[int] = field(default_factory=list)  # unsupervised: shown ids of unmatched segments
-    scores: dict[str, float] | None = None  # J&F etc. when a ground truth was given
-    masks_dir: str | None = None  # relative to the bundle
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK
-
-    @property
-    def has_masks(self) -> bool:
-        """Finished, or stopped after some frames: its label maps are in the bundle (frames 0..frames_done-1)."""
-        return self.masks_dir is not None
-
-    def stopped_text(self) -> str:
-        """ "stopped at frame k of N": k frames were segmented (0..k-1) before the user stopped the run."""
-        if self.frames_total is None:
-            return "stopped before it started"
-        return f"stopped at frame {self.frames_done} of {self.frames_total}"
-
-    def status_line(self) -> str:
-        """One line for a tile: speed and memory, or what went wrong."""
-        if self.status == OK:
-            parts = []
-            if self.fps is not None:
-                parts.append(f"{self.fps:.1f} fps")
-            if self.peak_memory_mib is not None:
-                parts.append(f"{self.peak_memory_mib:,.0f} MiB")
-            if self.scores and "J&F" in self.scores:
-                parts.append(f"J&F {self.scores['J&F']:.3f}")
-            return " · ".join(parts)
-        if self.status == CANCELLED:
-            return self.stopped_text()
-        labels = {
-            FAILED: "failed",
-            OOM: "out of memory",
-            NO_WEIGHTS: "weights missing",
-            PENDING: "waiting",
-            RUNNING: "running",
-        }
-        label = labels.get(self.status, self.status)
-        return f"{label}: {self.error}" if self.error and self.status != OOM else label
-
-
-@dataclass
 class RunResult:
     out_dir: Path
     clip: Clip
     object_ids: list[int]
     records: list[MethodRecord]
     settings: dict[str, Any]
+    frames: dict[str, Any] | None = None  # run.json's "frames": the input frames saved in the bundle
 
     def record(self, key: str) -> MethodRecord:
         return next(r for r in self.records if r.key == key)
 
     def masks_dir(self, key: str) -> Path:
-        return self.out_dir / "masks" / key
+        return self.out_dir / vbundle.MASKS_DIR / key
 
     def read_mask(self, key: str, index: int) -> np.ndarray | None:
-        path = self.masks_dir(key) / MASK_NAME.format(index)
-        return vmasks.read_palette_png(path) if path.exists() else None
+        """A finished method's label map, or what a stopped one produced for that frame; None if it made none."""
+        folder = vbundle.masks_folder(self.out_dir, self.record(key))
+        path = vbundle.mask_path(folder, index) if folder is not None else None
+        return vmasks.read_palette_png(path) if path is not None and path.exists() else None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -495,7 +425,7 @@ def run_methods(
     torch_device = vdevice.pick_device(device)
     vdevice.pick_dtype(dtype, torch_device)  # fp16 on the CPU: a user error now, not every method failing later
     out_dir.mkdir(parents=True, exist_ok=True)
-    vmasks.write_palette_png(first_mask, out_dir / "prompt.png")
+    vmasks.write_palette_png(first_mask, out_dir / vbundle.PROMPT_FILE)
     records = []
     for spec in specs:
         info = mbase.get_info(spec.key)
@@ -511,6 +441,7 @@ def run_methods(
         records=records,
         settings={"device": str(torch_device), "dtype": dtype or "fp32", "weights": weights, **(settings or {})},
     )
+    result.frames = _save_frames(clip, out_dir)
     write_run_json(result)
     for spec, record in zip(specs, records):
         if cancel is not None and cancel.is_set():
@@ -576,25 +507,19 @@ def _run_one(
             record.peak_memory_mib = round(memory.peak_mib, 1)
             if memory.reserved_bytes is not None:
                 record.reserved_memory_mib = round(memory.reserved_bytes / 2**20, 1)
-    # A stopped method keeps the frames it finished: the bundle says "stopped at frame k of N".
-    if record.status == OK or (record.status == CANCELLED and record.frames_done > 0):
+    if record.status == OK:
         partial_dir.rename(final_dir)
         record.masks_dir = str(final_dir.relative_to(result.out_dir))
-        if record.status == CANCELLED:  # said beside the masks too, so the masks zip alone tells it
-            (final_dir / STOPPED_NOTE).write_text(
-                f"{record.title}: {record.stopped_text()}; frames 0 to {record.frames_done - 1} are here.\n"
-            )
         if matcher is not None:
             record.segment_ids = {str(k): v for k, v in matcher.mapping.items()}
             record.extra_ids = list(matcher.extra_ids)
-    if record.status == OK:
         if ground_truth:
             try:
                 record.scores = score_against(final_dir, ground_truth, record.task)
             except VosError as err:  # a scoring problem must not hide the method's results
                 log.warning("%s: could not score against the ground truth: %s", record.key, err)
     else:
-        shutil.rmtree(partial_dir, ignore_errors=True)
+        vbundle.keep_partial(partial_dir, result.out_dir, record)
     if events.on_finish:
         events.on_finish(record)
     log.info("%s: %s %s", record.key, record.status, record.error or record.status_line())
@@ -702,32 +627,34 @@ def read_ground_truth(path: str | Path, clip: Clip) -> dict[int, np.ndarray]:
 
 
 def write_run_json(result: RunResult) -> Path:
-    data = {
-        "format": RUN_FORMAT,
-        "vos_version": vos.__version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "clip": result.clip.info(),
-        "prompt": {"file": "prompt.png", "object_ids": result.object_ids},
-        "settings": result.settings,
-        "hardware": hardware_info(),
-        "methods": [asdict(r) for r in result.records],
-        "side_by_side": "side_by_side.mp4" if (result.out_dir / "side_by_side.mp4").exists() else None,
-    }
-    path = result.out_dir / "run.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-    return path
+    return vbundle.write_run_json(
+        result.out_dir,
+        clip=result.clip.info(),
+        object_ids=result.object_ids,
+        settings=result.settings,
+        hardware=hardware_info(),
+        records=result.records,
+        frames=result.frames,
+        vos_version=vos.__version__,
+    )
+
+
+def _save_frames(clip: Clip, out_dir: Path) -> dict[str, Any] | None:
+    """The input frames at the working size, into the bundle, so that it plays back without the clip's source."""
+    try:
+        return vbundle.write_frames(clip.frames(), out_dir)
+    except (VideoError, OSError) as err:  # the methods read the same frames: each of them will report it
+        log.warning("could not save the input frames into the run bundle: %s", err)
+        return None
 
 
 def tile_title(record: MethodRecord) -> str:
-    task = "unsupervised" if record.task == mbase.UNSUP else "semi-supervised"
-    return f"{record.title} · {record.variant} · {task}"
+    return f"{record.title} · {record.variant} · {record.task_words}"
 
 
 def grid_frames(result: RunResult) -> Iterator[np.ndarray]:
     """Side-by-side frames: the input (with the prompt on frame 0) and one overlay tile per method."""
-    prompt = vmasks.read_palette_png(result.out_dir / "prompt.png")
+    prompt = vmasks.read_palette_png(result.out_dir / vbundle.PROMPT_FILE)
     for index, frame in enumerate(result.clip.output_frames()):
         tiles = [
             vmasks.Tile(
@@ -737,7 +664,7 @@ def grid_frames(result: RunResult) -> Iterator[np.ndarray]:
             )
         ]
         for record in result.records:
-            label_map = result.read_mask(record.key, index) if record.has_masks else None
+            label_map = result.read_mask(record.key, index)
             image = vmasks.overlay(frame, label_map) if label_map is not None else frame
             tiles.append(vmasks.Tile(image, tile_title(record), record.status_line(), ok=record.has_masks))
         yield vmasks.compose_grid(tiles)
@@ -745,7 +672,7 @@ def grid_frames(result: RunResult) -> Iterator[np.ndarray]:
 
 def write_side_by_side(result: RunResult) -> Path | None:
     try:
-        return write_mp4(grid_frames(result), result.out_dir / "side_by_side.mp4", fps=result.clip.fps)
+        return write_mp4(grid_frames(result), result.out_dir / vbundle.VIDEO_FILE, fps=result.clip.fps)
     except (OSError, ValueError) as err:
         if is_disk_full(err):
             raise  # a run missing its video must not look complete
@@ -774,6 +701,14 @@ def _prepare_out_dir(out: str | None) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise RunError(f"--out {path}: cannot create folders in {ancestor} (permission denied); choose another --out.")
     return path
+
+
+def _prepare_zip(out_dir: Path) -> Path:
+    """--zip writes OUT.zip beside the bundle's folder: check now that it would not replace a file."""
+    archive = out_dir.with_name(out_dir.name + ".zip")
+    if archive.exists():
+        raise RunError(f"--zip would write {archive}, which already exists; move it or choose another --out.")
+    return archive
 
 
 def _missing_parents(path: Path) -> list[Path]:
@@ -984,6 +919,7 @@ def command_run(args) -> int:
 
     Bad input (clip, prompt, options, weights specs, device, --out, --from) raises before anything is written."""
     out_dir = _prepare_out_dir(args.out)
+    archive = _prepare_zip(out_dir) if args.zip else None
     plan = _plan_from_run(args) if args.from_run else _plan_from_args(args)
     try:
         torch_device = vdevice.pick_device(plan.device)
@@ -1037,6 +973,9 @@ def command_run(args) -> int:
     if cancel.is_set():
         print("Stopped (Ctrl+C): every method kept the frames it finished; run.json says how far each got.")
     print(f"Run bundle: {final}")
+    if archive is not None:
+        # Beside the bundle and named after it, also when another run took --out meanwhile.
+        print(f"As one file: {vbundle.zip_bundle(final, archive if final == out_dir else None)}")
     if final != out_dir:
         print(f"warning: {out_dir} was taken by another run meanwhile; this run's bundle is {final}.", file=sys.stderr)
         return 1

@@ -1,0 +1,251 @@
+"""ABR: appearance-based refinement of flow-based motion segmentation (Xie, Xie, Zisserman; ECCV 2024).
+
+Paper: "Appearance-Based Refinement for Object-Centric Motion Segmentation", arXiv 2312.11463.
+Release: github.com/Jyxarthur/appear-refine @c80b7da with its proposals from github.com/Jyxarthur/OCLR_model
+@11acab7 (reference behaviour: shared/specs/abr.md).
+
+Unsupervised: discovers, segments and tracks up to 3 moving objects over the whole clip (offline).
+RAFT optical flow (``flow.py``) -> OCLR-flow amodal layers and depth order in 30-frame chunks (``oclr.py``) ->
+the mask selector scores every frame's proposal per object and keeps the 10 best as exemplars (``selector.py``,
+DINO ViT-S/16 features) -> the mask corrector re-draws every frame, 7 at a time, from the exemplars (``corrector.py``,
+DINO ViT-S/8 features) -> label maps (``pipeline.py``). The networks run at 128x224 whatever the clip.
+
+What differs from the release:
+- Object ids across OCLR chunks. The release's evaluation permutes each 30-frame chunk's channels to the ground
+  truth (an oracle). Here the chunks are the release's (so every frame's proposals are the release's up to each
+  chunk's channel order, and a clip of up to 30 frames gives exactly the release's result), and each chunk takes
+  the ids already given by the Hungarian matching of IoU on frames two OCLR passes share: the final chunk
+  overlaps its predecessor; elsewhere an extra pass centred on the boundary is aligned first and bridges the two
+  (``oclr.propose``). That costs about one more OCLR pass per 30 frames.
+- Flow resolution (option ``flow``): ``full`` is the release's path (RAFT at the frame's resolution);
+  ``reduced`` (default) runs RAFT at 256x448, about 10x cheaper at 480p, for a nearly identical OCLR input.
+- Memory: attention runs through ``scaled_dot_product_attention`` with a boolean mask, 2048 query rows at a
+  time (``vos.nn.attend``), so the selector's (112 T)^2 scores per layer are never held whole. Measured on CPU
+  with random weights: the selector over a 100-frame clip peaks at 2.6 GB resident, the whole refinement (DINO,
+  selector, corrector) of 100 frames of 480x854 at 3.3 GB, where the release needs more than
+  30 GB (spec). T is neither capped nor chunked: the selector still scores every frame against all others.
+- Clips shorter than 10 frames keep every frame as an exemplar (the release raises).
+- Not implemented: the per-sequence test-time adaptation (~200 fine-tuning iterations per clip, +<1 J at 20x the
+  time) and the CRF post-processing (its parameters are not published); the released models are evaluated
+  without them (65.4 J on DAVIS17-m).
+- All networks run in float32 (the release's precision); the method's dtype setting does not change them.
+
+Stages reported while it works: ``flow`` (RAFT pairs), ``proposals`` (OCLR chunks), ``selector`` (objects),
+``corrector`` (windows of 7 frames); the label maps follow once all are done.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vos.backbones.vit import DinoViT, build_vit
+from vos.methods.abr import flow as flow_mod
+from vos.methods.abr.corrector import MaskCorrector
+from vos.methods.abr.oclr import OclrFlow
+from vos.methods.abr.pipeline import Networks, segment_frames
+from vos.methods.abr.selector import MaskSelector
+from vos.methods.base import (
+    OFFLINE,
+    UNSUP,
+    Method,
+    MethodInfo,
+    Option,
+    Paper,
+    Reported,
+    Resolution,
+    register,
+)
+from vos.video import Clip
+
+VARIANTS = {
+    "davis17m": "OCLR-flow and mask corrector adapted to DAVIS-2017-motion (the paper's DAVIS models)",
+    "ytvos18m": "OCLR-flow and mask corrector adapted to YouTube-VOS-2018-motion",
+    "oclr_synthetic": "OCLR-flow trained on synthetic data only, with the DAVIS-adapted corrector",
+}
+
+_COMMON_PARTS = {
+    "raft": "abr.raft_things",
+    "selector": "abr.selector",
+    "dino_s16": "backbone.dino_vits16",
+    "dino_s8": "backbone.dino_vits8",
+}
+
+_GPU = "GPU (model not stated)"
+_NO_TTA = "released checkpoints, without per-sequence test-time adaptation and CRF (paper Table 14)"
+_WITH_TTA = "with per-sequence test-time adaptation and CRF, neither of which is released"
+
+INFO = MethodInfo(
+    key="abr",
+    title="Appearance-based refinement of motion segmentation (ABR)",
+    task=UNSUP,
+    summary=(
+        "Optical flow (RAFT) gives OCLR-flow's proposals for up to three moving objects; a selector trained on "
+        "synthetic clips picks, per object, the ten frames whose masks look right against DINO features, and an "
+        "object-centric transformer re-draws every frame's masks from those exemplars. Unsupervised and offline: "
+        "it reads the whole clip before the first frame's masks."
+    ),
+    variants=tuple(VARIANTS),
+    default_variant="davis17m",
+    paper=Paper(
+        title="Appearance-Based Refinement for Object-Centric Motion Segmentation",
+        authors="Junyu Xie, Weidi Xie, Andrew Zisserman",
+        venue="ECCV",
+        year=2024,
+        url="https://arxiv.org/abs/2312.11463",
+        bibtex=(
+            "@inproceedings{xie2024appearrefine,\n"
+            "  title={Appearance-Based Refinement for Object-Centric Motion Segmentation},\n"
+            "  author={Xie, Junyu and Xie, Weidi and Zisserman, Andrew},\n"
+            "  booktitle={European Conference on Computer Vision (ECCV)},\n"
+            "  year={2024}\n}"
+        ),
+    ),
+    repo="https://github.com/Jyxarthur/appear-refine",
+    licence="unknown (see the official repository)",
+    reported=(
+        Reported(
+            "DAVIS-2017-motion val",
+            {"J&F": 66.2, "J": 67.0, "F": 65.4},
+            "davis17m",
+            resolution="128x224",
+            note=_WITH_TTA,
+        ),
+        Reported(
+            "DAVIS-2017-motion val",
+            {"J": 65.4},
+            "davis17m",
+            fps=round(1 / 0.098, 1),
+            resolution="128x224",
+            hardware=_GPU,
+            note=_NO_TTA + "; 0.098 s per frame (flow proposals and refinement, flow computation not included)",
+        ),
+        Reported(
+            "YouTube-VOS-2018-motion val",
+            {"J&F": 65.2, "J": 67.1, "F": 63.2},
+            "ytvos18m",
+            resolution="128x224",
+            note=_WITH_TTA + "; flow gaps +-3",
+        ),
+        Reported("YouTube-VOS-2018-motion val", {"J": 66.6}, "ytvos18m", note=_NO_TTA + "; flow gaps +-3"),
+        Reported(
+            "DAVIS-2017-motion val",
+            {"J": 63.2},
+            "oclr_synthetic",
+            note="OCLR-flow not adapted, corrector adapted (paper Table 14, without test-time adaptation and CRF)",
+        ),
+        Reported("DAVIS-2016 val", {"J": 81.1}, None, resolution="128x224", note="single object; " + _WITH_TTA),
+    ),
+    options=(
+        Option(
+            "flow",
+            str,
+            flow_mod.REDUCED_MODE,
+            "Where RAFT runs. reduced: at 256x448 (OCLR sees 128x224 anyway), about 10x cheaper at 480p "
+            "(spec, CPU: 0.8 s per frame pair at 128x224 vs 40.8 s at 480x856). full: at the frame's resolution, "
+            "padded to a multiple of 8 and never unpadded, exactly the release's flow.",
+            choices=(flow_mod.REDUCED_MODE, flow_mod.FULL),
+        ),
+        Option(
+            "gap",
+            int,
+            1,
+            "Flow frame gap g: flows to frame t+g and t-g. The paper uses 1 on DAVIS and 3 on YouTube-VOS and FBMS "
+            "(slow motion).",
+            minimum=1,
+        ),
+    ),
+    weights={
+        "davis17m": {**_COMMON_PARTS, "oclr": "abr.oclr_davis17m", "corrector": "abr.corrector_davis17m"},
+        "ytvos18m": {**_COMMON_PARTS, "oclr": "abr.oclr_ytvos18m", "corrector": "abr.corrector_ytvos18m"},
+        "oclr_synthetic": {**_COMMON_PARTS, "oclr": "abr.oclr_synthetic", "corrector": "abr.corrector_davis17m"},
+    },
+    processing=OFFLINE,
+    resolution=Resolution.fixed((128, 224)),
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Official checkpoints
+
+# The release's conv blocks name their layers after the block ("enc1_rconv1", "bottleneckconv2", "dec3conv1")
+# inside a ``conv_block`` Sequential; ours are ``conv1`` / ``conv2`` of the shared ConvBlock.
+_CONV_BLOCK = re.compile(r"\.conv_block\.[A-Za-z0-9_]*?conv([12])\.weight$")
+_SELECTOR_PREFIX = "selector."
+# Keys only the original princeton-vl RAFT file has (torchvision's are feature_encoder., context_encoder., ...).
+_ORIGINAL_RAFT = ("fnet.", "cnet.", "update_block.encoder.", "update_block.gru.")
+
+
+def convert_official(checkpoint: Any) -> dict[str, torch.Tensor]:
+    """An OCLR-flow, selector or corrector checkpoint as published (``{'model_state_dict': ...}``) -> our keys:
+    the selector's ``selector.`` prefix dropped, conv-block layers renamed; everything else keeps its name."""
+    from vos.weights import unwrap_state_dict
+
+    state = unwrap_state_dict(checkpoint)
+    if state and all(key.startswith(_SELECTOR_PREFIX) for key in state):
+        state = {key.removeprefix(_SELECTOR_PREFIX): value for key, value in state.items()}
+    return {_CONV_BLOCK.sub(r".conv\1.weight", key): value for key, value in state.items()}
+
+
+def convert_raft(checkpoint: Any) -> dict[str, torch.Tensor]:
+    """torchvision's RAFT file (raft_large_C_T_V1-22a6c225.pth) loads as it is. The original raft-things.pth holds
+    the same weights under other names; no mapping is taken on here, so that file is refused with the one to use."""
+    from vos.weights import unwrap_state_dict
+
+    state = unwrap_state_dict(checkpoint)
+    if any(key.startswith(_ORIGINAL_RAFT) for key in state):
+        raise ValueError(
+            "this is the original princeton-vl raft-things file, whose key names are not mapped here; use "
+            "torchvision's copy of the same weights: https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The method
+
+
+@register
+class AppearanceRefinement(Method):
+    info = INFO
+
+    @classmethod
+    def build_part(cls, part: str, variant: str, options: dict[str, Any]) -> nn.Module:
+        if part == "raft":
+            return flow_mod.build_raft()
+        if part == "oclr":
+            return OclrFlow()
+        if part == "selector":
+            return MaskSelector()
+        if part == "corrector":
+            return MaskCorrector()
+        if part in ("dino_s16", "dino_s8"):
+            return build_vit(patch_size=16 if part == "dino_s16" else 8, embed_dim=384, depth=12, num_heads=6)
+        raise ValueError(f"abr has no part {part!r}")
+
+    def _build(self) -> None:
+        self.networks = Networks(
+            raft=self.nets["raft"],
+            oclr=self.nets["oclr"],
+            selector=self.nets["selector"],
+            corrector=self.nets["corrector"],
+            dino_s16=DinoViT(self.nets["dino_s16"]),
+            dino_s8=DinoViT(self.nets["dino_s8"]),
+        )
+
+    def _segment(self, clip: Clip, first_mask: np.ndarray) -> Iterator[np.ndarray]:
+        frames = list(clip.frames())
+        yield from segment_frames(
+            self.networks,
+            frames,
+            output_size=clip.size,
+            flow=self.options["flow"],
+            gap=self.options["gap"],
+            device=self.device,
+            report=self.report,
+        )
