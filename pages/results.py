@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -590,12 +591,30 @@ def downloads(view: RunView, dest: Path) -> Downloads:
     run = view.path.name
     clip = re.sub(r"[^A-Za-z0-9_.-]+", "_", view.bundle.name)[:40] or "clip"
     folder = dest / run
-    masks_dir = view.path / "masks"
-    masks = None
-    if masks_dir.is_dir() and any(masks_dir.iterdir()):
-        masks = vbundle.zip_folder(masks_dir, folder / f"{clip}_masks.zip", root=f"{run}_masks")
+    masks = _zip_masks(view, folder / f"{clip}_masks.zip", root=f"{run}_masks")
     bundle = vbundle.zip_bundle(view.path, folder / f"{clip}_run.zip", run_json=without_server_paths)
     return Downloads(view.bundle.video, masks, bundle)
+
+
+def _zip_masks(view: RunView, dest: Path, *, root: str) -> Path | None:
+    """One folder per finished method, and per stopped one with the frames it did and a STOPPED.txt saying how far
+    it got (the download must not vanish because of a Stop); a failed method's frames stay in the run bundle."""
+    chosen = [r for r in view.records if r.ok or r.status == runner.CANCELLED]
+    kept = [(r, vbundle.masks_folder(view.path, r)) for r in chosen]
+    kept = [(r, f) for r, f in kept if f is not None and f.is_dir() and any(f.glob("*.png"))]
+    if not kept:
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as archive:
+        for record, masks_folder in kept:
+            for png in sorted(masks_folder.glob("*.png")):
+                archive.write(png, f"{root}/{record.key}/{png.name}")
+            if not record.ok:
+                note = f"{record.title}: {record.status_text()}; frames 0 to {record.frames_done - 1} are here.\n"
+                archive.writestr(f"{root}/{record.key}/STOPPED.txt", note)
+    part.replace(dest)
+    return dest
 
 
 def human_size(path: Path) -> str:

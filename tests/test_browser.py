@@ -276,6 +276,15 @@ def test_click_engine_live_tiles_stop_and_playback(slow_app_url, open_page, tmp_
     caption = page.locator("#vos-tile-fake_copy").inner_text()
     assert "Stopped at frame" in caption and "of 48" in caption
     assert page.locator("#vos-download-masks").is_visible()
+    with page.expect_download() as download_info:
+        page.click("#vos-download-masks")
+    import zipfile
+
+    with zipfile.ZipFile(download_info.value.path()) as archive:
+        names = archive.namelist()
+        note = next(n for n in names if n.endswith("fake_copy/STOPPED.txt"))
+        assert "stopped at frame" in archive.read(note).decode()
+        assert sum(n.endswith(".png") for n in names) >= 5
     save_screenshot(page, tmp_path / "stopped.png")
 
     # Playback: the tiles change frame, and never show an empty picture in between.
