@@ -12,12 +12,11 @@ import inspect
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from vos import runnable as vrunnable
 from vos.device import DeviceUnavailable
 from vos.errors import VosError
-from vos.methods import MethodInfo
 
 log = logging.getLogger(__name__)
 
@@ -109,37 +108,6 @@ def gpu_task(fn: F) -> F:
 # Weights, as the pages show them
 
 
-@dataclass(frozen=True)
-class WeightsState:
-    """Whether a method variant can load its released weights on this machine without the network."""
-
-    needed: bool  # False: the variant needs no weights at all
-    available: bool | None  # None: cannot tell (the weights module does not say)
-    missing: tuple[str, ...] = ()  # manifest file ids not on this machine
-    command: str = ""  # what fetches them
-
-    @property
-    def label(self) -> str:
-        if not self.needed:
-            return "no weights needed"
-        if self.available is None:
-            return "weights: unknown"
-        return "weights here" if self.available else "weights missing"
-
-
-def weights_state(info: MethodInfo, variant: str) -> WeightsState:
-    parts = info.parts(variant)
-    if not parts:
-        return WeightsState(needed=False, available=True)
-    command = f"python -m vos weights fetch {info.key}:{variant}"
-    from vos import weights as vweights
-
-    missing = []
-    for file_id in parts.values():
-        try:
-            if vweights.cache_status(vweights.entry(file_id)) == vweights.CacheState.MISSING:
-                missing.append(file_id)
-        except VosError as err:  # a manifest problem: say it, do not break the page
-            log.warning("weights status of %s: %s", file_id, err)
-            missing.append(file_id)
-    return WeightsState(needed=True, available=not missing, missing=tuple(missing), command=command)
+# One answer for the pages, the CLI and the API (vos.runnable); re-exported here for the pages.
+WeightsState = vrunnable.WeightsState
+weights_state = vrunnable.weights_state

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
 from vos import prompts as vprompts
+from vos import runnable as vrunnable
 from vos import specs as vspecs
 from vos.device import pick_device
 from vos.methods import UNSUP, MethodInfo, Option, OptionError, available
@@ -42,6 +44,7 @@ CLIP_TYPES = [".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg", 
 
 # (label, long side in pixels); 0 = as uploaded. "480p" is the long side of a 16:9 480-line frame.
 RESOLUTIONS = [
+    ("quick (long side 240 px)", 240),
     ("240p (long side 427 px)", 427),
     ("360p (640 px)", 640),
     ("480p (854 px)", 854),
@@ -49,13 +52,13 @@ RESOLUTIONS = [
     ("1080p (1920 px)", 1920),
     ("as uploaded", 0),
 ]
-DEFAULT_RESOLUTION = 854
+DEFAULT_RESOLUTION = 854  # on a GPU; on a CPU vos.runnable.machine_defaults' smaller one
 TOOL_CHOICES = [("⊕ Include", pr.INCLUDE), ("⊖ Exclude", pr.EXCLUDE), ("▭ Box (2 clicks)", pr.BOX)]
 WEIGHTS_CHOICES = [("Released weights", "hub"), ("Random weights (speed and memory only)", "random")]
 CHECKPOINT_TYPES = [".pth", ".tar", ".safetensors", ".pt", ".ckpt", ".bin"]
 DOWNLOAD_LABELS = {"video": "⬇ Side-by-side MP4", "masks": "⬇ Masks (zip)", "bundle": "⬇ Run bundle (zip)"}
 RUNNING_NOTE = ""  # while a run goes on, the results area holds only Gradio's queue position and progress bar
-PLAY_INTERVAL = 0.25  # seconds per frame when playing the grid: what a round trip per frame sustains
+PLAY_TICK = 0.1  # seconds between the play timer's ticks; each shows the frame the clip's frame rate has reached
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,12 @@ def variant_choices(info: MethodInfo, here: dict[str, bool] | None = None) -> li
 
 
 def initial_variant(info: MethodInfo, here: dict[str, bool] | None = None) -> str:
-    """The variant ticked when the page opens: the method's default when its weights are here (or cannot be told),
-    else the first variant that can run here, so that a machine without weights runs something real (mixture's
-    rgb) instead of one "weights missing" tile per method. A Space preloads the weights: there it is the default."""
-    here = here or weights_here(info)
-    if here[info.default_variant]:
-        return info.default_variant
-    return next((v for v in info.variants if here[v]), info.default_variant)
+    """The variant ticked when the page opens: the one a CLI run without --variant takes (vos.runnable), so that a
+    machine without weights runs something real (mixture's rgb variant needs none)."""
+    if here is None:
+        return vrunnable.runnable_variant(info).variant
+    states = {v: vrunnable.WeightsState(needed=True, available=here[v]) for v in info.variants}
+    return vrunnable.runnable_variant(info, states).variant
 
 
 def weights_here(info: MethodInfo) -> dict[str, bool]:
@@ -256,15 +258,22 @@ def clip_notice(session: pr.PromptSession) -> str:
     )
     if session.notes:
         text += "\n\n" + "\n".join(f"> ⚠️ {note}" for note in session.notes)
+        if any(note.startswith("Kept the first") for note in session.notes):
+            text += (
+                "\n>\n> The upload keeps at most VOS_MAX_FRAMES frames and VOS_MAX_SECONDS seconds (the server's "
+                "environment); a run uses the first *Frames to run* of them (step 3). For a longer clip, run it "
+                "with the CLI: `python -m vos run CLIP --max-frames N`."
+            )
     return text
 
 
 def prompt_status(session: pr.PromptSession, labels: np.ndarray) -> str:
     entries = pr.legend_entries(session, labels)
+    engine = f'<div class="vos-engine">Masks made by {html.escape(pr.engine_text())}</div>'
     if not entries:
         tool_hint = "Click on an object in the frame to mark it."
-        return f'<div class="vos-hint-box">{tool_hint} Each click updates the mask preview.</div>'
-    return rs.swatches_html(entries)
+        return f'<div class="vos-hint-box">{tool_hint} Each click updates the mask preview.</div>' + engine
+    return rs.swatches_html(entries) + engine
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -283,17 +292,18 @@ def run_job(
     """Run the methods, yielding the per-method progress list; the last value also carries the bundle's folder."""
     cancel = _CANCELS.setdefault(token, threading.Event())
     try:
-        clip = session.clip()
+        clip = session.clip(request.max_frames)
         prompt = vmasks.read_palette_png(session.prompt_path, size=session.size)
         out_dir = rs.new_run_dir(session.path, session.clip_name)
         live = None
-        for live in rs.run_in_background(clip, prompt, request, out_dir, cancel=cancel):
+        frames = session.path / "frames"
+        for live in rs.run_in_background(clip, prompt, request, out_dir, cancel=cancel, frames_dir=frames):
             if not live.done:
-                yield rs.live_html(live.records, clip.num_frames), None
+                yield rs.live_html(live.records, clip.num_frames, live.timings, live.previews), None
         assert live is not None and live.done
         if live.error is not None:
             raise live.error
-        yield rs.live_html(live.records, clip.num_frames), str(out_dir)
+        yield rs.live_html(live.records, clip.num_frames, live.timings, live.previews), str(out_dir)
     finally:
         _CANCELS.pop(token, None)
 
@@ -347,7 +357,7 @@ class ComparePage:
         self.request = gr.State(None)
         self.token = gr.State("")
         self.run_dir = gr.State(None)
-        self.playing = gr.State(False)
+        self.playing = gr.State(None)  # while playing: (frame index, monotonic time) when play was pressed
 
         self._build_upload()
         self._build_prompt()
@@ -490,12 +500,24 @@ class ComparePage:
                     self.methods.append(MethodControls(info, enabled, variant, []))
             with gr.Row():
                 self.device = gr.Dropdown(device_choices(), value="auto", label="Device", min_width=140)
+                defaults = vrunnable.machine_defaults()
                 self.resolution = gr.Dropdown(
                     RESOLUTIONS,
-                    value=DEFAULT_RESOLUTION,
+                    value=defaults.max_side or DEFAULT_RESOLUTION,
                     label="Working resolution",
-                    info="Methods run at this size; results are shown at the clip's.",
+                    info="Methods run at this size; results are shown at the clip's."
+                    + (" Small by default on a CPU." if defaults.max_side else ""),
                     min_width=180,
+                )
+                self.max_frames = gr.Number(
+                    value=defaults.max_frames or 0,
+                    precision=0,
+                    minimum=0,
+                    label="Frames to run",
+                    info="The clip's first N frames (0 = all)."
+                    + (" Short by default on a CPU." if defaults.max_frames else ""),
+                    min_width=140,
+                    elem_id="vos-max-frames",
                 )
                 self.weights = gr.Radio(WEIGHTS_CHOICES, value="hub", label="Weights", min_width=240)
             with gr.Accordion("Advanced: checkpoints and method options", open=False):
@@ -561,7 +583,7 @@ class ComparePage:
                     self.slider = gr.Slider(
                         0, 1, value=0, step=1, label="Frame", scale=5, elem_id="vos-slider", buttons=[]
                     )
-                self.timer = gr.Timer(PLAY_INTERVAL, active=False)
+                self.timer = gr.Timer(PLAY_TICK, active=False)
                 with gr.Row(elem_classes="vos-tiles", elem_id="vos-tiles"):
                     self.tiles = [self._tile("Input", "vos-tile-input")]
                     self.tiles += [self._tile(info.title, f"vos-tile-{info.key}") for info in self.infos]
@@ -656,7 +678,7 @@ class ComparePage:
         )
         self.mask_upload.clear(self.on_mask_clear, [self.session], prompt_outputs, api_visibility="private")
 
-        run_inputs = {self.session, self.device, self.resolution, self.weights, self.ground_truth}
+        run_inputs = {self.session, self.device, self.resolution, self.max_frames, self.weights, self.ground_truth}
         for controls in self.methods:
             run_inputs |= set(controls.inputs())
         prepared = self.run_button.click(
@@ -707,11 +729,31 @@ class ComparePage:
             api_visibility="private",
         )
 
-        self.slider.change(
-            self.on_frame, [self.session, self.run_dir, self.slider], self._tile_images(), api_visibility="private"
+        # No progress overlay and only the latest position: the tiles keep their picture until the next one is
+        # there (no blank frame between two), and a fast drag does not queue every frame it passed.
+        self.slider.input(
+            self.on_frame,
+            [self.session, self.run_dir, self.slider],
+            self._tile_images(),
+            api_visibility="private",
+            show_progress="hidden",
+            trigger_mode="always_last",
         )
-        self.play.click(self.on_play, [self.playing], [self.playing, self.timer, self.play], api_visibility="private")
-        self.timer.tick(self.on_tick, [self.run_dir, self.slider], [self.slider], api_visibility="private")
+        self.play.click(
+            self.on_play,
+            [self.playing, self.slider],
+            [self.playing, self.timer, self.play],
+            api_visibility="private",
+            show_progress="hidden",
+        )
+        self.timer.tick(
+            self.on_tick,
+            [self.session, self.run_dir, self.playing],
+            [self.slider, *self._tile_images()],
+            api_visibility="private",
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
 
         self.api_prompt_button.click(
             self.api_prompt, [self.api_clip, self.api_objects], [self.api_mask_out], api_name="prompt_mask"
@@ -893,6 +935,7 @@ class ComparePage:
             specs=specs,
             device=device,
             max_side=int(values[self.resolution]) or None,
+            max_frames=int(values.get(self.max_frames) or 0) or None,
             weights=values[self.weights] or "hub",
             ground_truth=gather_ground_truth(values[self.ground_truth], session.path),
             time_budget_s=self.limits.max_run_seconds,
@@ -911,7 +954,7 @@ class ComparePage:
             self.results: gr.Column(visible=False),
             self.empty_results: gr.Markdown(RUNNING_NOTE, visible=True),
             self.timer: gr.Timer(active=False),
-            self.playing: False,
+            self.playing: None,
             self.play: gr.Button("▶ Play"),
         }
 
@@ -919,7 +962,7 @@ class ComparePage:
         event = _CANCELS.get(token)
         if event is not None:
             event.set()
-            gr.Info("Stopping after the current frame; methods that finished keep their results.")
+            gr.Info("Stopping after the current frame; every method keeps the frames it finished.")
         return gr.Button(interactive=False)
 
     @user_errors
@@ -938,7 +981,7 @@ class ComparePage:
         by_key = {r.key: r for r in view.records}
         input_tile = self.tiles[0]
         out[input_tile.column] = gr.Column(visible=True)
-        out[input_tile.title] = tile_title_html("Input", "prompt on frame 1")
+        out[input_tile.title] = tile_title_html("Input", "prompt on frame 0")
         out[input_tile.image] = gr.Image(value=images[0], label="Input")
         out[input_tile.caption] = f'<div class="vos-caption">{session.clip_name} · {session.num_frames} frames</div>'
         shown = dict(zip((r.key for r in view.records), images[1:]))
@@ -979,19 +1022,21 @@ class ComparePage:
         if session is None or not run_dir:
             return [gr.Image() for _ in self.tiles]
         view = rs.load_view(run_dir)
-        images = rs.tile_images(view, session.path / "frames", int(index))
+        images = [str(p) for p in rs.tile_files(view, session.path / "frames", int(index))]
         by_key = dict(zip((r.key for r in view.records), images[1:]))
         return [images[0], *(by_key.get(info.key) for info in self.infos)]
 
-    def on_play(self, playing: bool) -> tuple:
-        playing = not playing
-        return playing, gr.Timer(active=playing), gr.Button("❚❚ Pause" if playing else "▶ Play")
+    def on_play(self, playing: tuple | None, index: float) -> tuple:
+        playing = None if playing else (int(index or 0), time.monotonic())
+        active = playing is not None
+        return playing, gr.Timer(active=active), gr.Button("❚❚ Pause" if active else "▶ Play")
 
-    def on_tick(self, run_dir: str | None, index: float) -> float:
-        if not run_dir:
-            return index
-        total = rs.load_view(run_dir).num_frames
-        return (int(index) + 1) % max(1, total)
+    def on_tick(self, session: pr.PromptSession | None, run_dir: str | None, playing: tuple | None) -> list:
+        if session is None or not run_dir or not playing:
+            return [gr.Slider(), *(gr.Image() for _ in self.tiles)]
+        view = rs.load_view(run_dir)
+        index = rs.playing_index(playing[0], playing[1], float(view.bundle.data["clip"]["fps"]), view.num_frames)
+        return [index, *self.on_frame(session, run_dir, index)]
 
     # ---------------------------------------------------------------- API
     # Each API call gets a session folder of its own (a copy of the upload, the prompt, the run), removed when the
@@ -1040,7 +1085,7 @@ class ComparePage:
         split = [s.strip() for s in (variants or "").split(",") if s.strip()]
         opts = [s.strip() for s in (options or "").split(",") if s.strip()]
         specs, default_weights = vspecs.parse_method_specs(
-            methods or "all", variants=split, options=opts, weights=api_weights(weights)
+            methods or "all", variants=split, options=opts, weights=api_weights(weights), runnable=True
         )
         pick_device(device or "auto")
         session = self._start(clip)

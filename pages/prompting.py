@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vos import click_engine
 from vos import masks as vmasks
 from vos import prompts as vprompts
 from vos.video import Clip, Limits, VideoError, env_number, open_clip, require_regular_file
@@ -106,9 +107,13 @@ class PromptSession:
     def prompt_path(self) -> Path:
         return self.path / "prompt.png"
 
-    def clip(self) -> Clip:
-        """The clip, reopened with the limits it was uploaded under (same size, same frames)."""
-        return open_clip(self.clip_path, self.limits, fps=self.fps)
+    def clip(self, max_frames: int | None = None) -> Clip:
+        """The clip, reopened with the limits it was uploaded under (same size, same frames), or only its first
+        ``max_frames`` frames (the Compare page's frames control)."""
+        limits = self.limits
+        if max_frames and max_frames < self.num_frames:
+            limits = dataclasses.replace(limits, max_frames=int(max_frames))
+        return open_clip(self.clip_path, limits, fps=self.fps)
 
     def first_frame(self) -> np.ndarray:
         return np.asarray(Image.open(self.frame_path).convert("RGB"))
@@ -201,7 +206,9 @@ def start_session(upload: str | Path, limits: Limits, *, root: Path | None = Non
         copy.parent.mkdir()
         shutil.copyfile(upload, copy)
         clip = open_clip(copy, limits)
-        Image.fromarray(clip.first_frame()).save(folder / "first_frame.png")
+        first = clip.first_frame()
+        Image.fromarray(first).save(folder / "first_frame.png")
+        click_engine.prepare_in_background(first)  # the encoder runs while the user looks at the frame
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -376,7 +383,8 @@ def label_map(session: PromptSession, frame: np.ndarray | None = None) -> np.nda
             f"{len(prompted)} more objects (ids are at most 255); remove some marked objects."
         )
     frame = session.first_frame() if frame is None else frame
-    marked = vprompts.prompts_to_mask(frame, [_object_prompt(o) for _, o in prompted])
+    engine = click_engine.load_engine()
+    marked = vprompts.prompts_to_mask(frame, [_object_prompt(o) for _, o in prompted], engine=engine)
     for rank, (index, _) in enumerate(prompted, start=1):
         result[marked == rank] = session.object_id(index)
     return result
@@ -444,9 +452,22 @@ def preview(session: PromptSession, labels: np.ndarray | None = None, frame: np.
     return image
 
 
+def engine_text() -> str:
+    """Which engine turns clicks into masks here, and why not SAM 2 when it is GrabCut; while it is still loading
+    (an upload starts it in the background) it says so rather than making the page wait."""
+    engine = click_engine.built_engine()
+    return engine.describe() if engine is not None else "the click engine (loading; the first click waits for it)"
+
+
 def object_choices(session: PromptSession) -> list[tuple[str, int]]:
-    """(label, index) of each marked object, for a radio: "Object 3 · 2 include, 1 box"."""
-    return [(f"Object {session.object_id(i)} · {o.describe()}", i) for i, o in enumerate(session.objects)]
+    """(label, index) of each marked object, for a radio: "Object 3 · 2 include, 1 box". An object not marked yet
+    says what to do ("Object 3 · new: click the frame to mark it"), not "empty": after an uploaded mask with
+    objects 1 and 2 it is the next object, and the legend shows only the objects that exist."""
+    choices = []
+    for i, o in enumerate(session.objects):
+        text = o.describe() if o.marks or o.brush else "new: click the frame to mark it"
+        choices.append((f"Object {session.object_id(i)} · {text}", i))
+    return choices
 
 
 def legend_entries(session: PromptSession, labels: np.ndarray) -> list[vmasks.LegendEntry]:

@@ -4,12 +4,16 @@ its bundle into tile images, captions, a table and downloads.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import copy
 import datetime as _dt
 import html
+import logging
 import re
 import threading
+import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,8 @@ from vos.methods import UNSUP, get_info
 from vos.specs import MethodSpec
 from vos.video import Clip, resize_frame
 
+log = logging.getLogger(__name__)
+
 DISPLAY_SIDE = 640  # tiles are sent to the browser at most this long: they are shown a third of a page wide
 FRAME_QUALITY = 90
 
@@ -38,6 +44,7 @@ class RunRequest:
     specs: list[MethodSpec]
     device: str = "auto"
     max_side: int | None = 854  # the methods' working resolution (long side); None = the clip's size
+    max_frames: int | None = None  # run on the clip's first frames only; None = all
     weights: str = "hub"
     ground_truth: str | None = None  # a zip or folder of palette PNGs
     time_budget_s: float | None = None  # methods still running then are stopped, those not started cancelled
@@ -112,6 +119,34 @@ def run_comparison(
 
 
 @dataclass
+class Timing:
+    """When a running method started, and when its current stage and its frames started: the live panel's
+    elapsed time and estimate of the time left."""
+
+    started: float
+    stage: str | None = None
+    stage_started: float = 0.0
+    first_frame_at: float | None = None  # when frame 0's label map arrived (frame 0 often costs more: not counted)
+
+    def left_s(self, record: MethodRecord, now: float) -> float | None:
+        """Seconds left: of the frames after frame 0 at the pace so far, or of the current stage before frame 0."""
+        total = record.frames_total or 0
+        if record.frames_done >= 2 and self.first_frame_at is not None and total:
+            per_frame = (now - self.first_frame_at) / (record.frames_done - 1)
+            return per_frame * (total - record.frames_done)
+        progress = _stage_progress(record.stage)
+        if record.frames_done == 0 and progress is not None and progress[0] > 0:
+            done, steps = progress
+            return (now - self.stage_started) / done * (steps - done)
+        return None
+
+
+def _stage_progress(stage: str | None) -> tuple[int, int] | None:
+    match = re.search(r"(\d+)/(\d+)$", stage or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+@dataclass
 class Live:
     """A snapshot of a run in progress: one record per requested method (copies), and whether it ended."""
 
@@ -119,21 +154,73 @@ class Live:
     done: bool = False
     result: runner.RunResult | None = None
     error: BaseException | None = None
+    timings: dict[str, Timing] = field(default_factory=dict)
+    previews: dict[str, str] = field(default_factory=dict)  # key -> data: URI of its latest label map's overlay
+
+
+PREVIEW_SIDE = 320  # the live tiles' pictures
+PREVIEW_EVERY_S = 0.5  # at most this often per method: composing a preview must not slow the method down
 
 
 @dataclass
 class _Tracker:
     pending: list[MethodRecord]
+    out_dir: Path | None = None
+    frames_dir: Path | None = None
     started: dict[str, MethodRecord] = field(default_factory=dict)
+    timings: dict[str, Timing] = field(default_factory=dict)
+    previews: dict[str, str] = field(default_factory=dict)
+    preview_at: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_start(self, record: MethodRecord) -> None:
         with self.lock:
             self.started[record.key] = record
+            self.timings[record.key] = Timing(time.monotonic())
 
-    def snapshot(self) -> list[MethodRecord]:
+    def on_progress(self, record: MethodRecord, progress) -> None:
         with self.lock:
-            return [copy.copy(self.started.get(r.key, r)) for r in self.pending]
+            timing = self.timings.get(record.key)
+            if timing is not None and progress.stage != timing.stage:
+                timing.stage, timing.stage_started = progress.stage, time.monotonic()
+
+    def on_frame(self, record: MethodRecord, done: int, total: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            timing = self.timings.get(record.key)
+            if timing is not None and done == 1:
+                timing.first_frame_at = now
+            due = now - self.preview_at.get(record.key, 0.0) >= PREVIEW_EVERY_S or done == total
+        if due and self.out_dir is not None and self.frames_dir is not None:
+            preview = _preview(self.out_dir, self.frames_dir, record.key, done - 1)
+            with self.lock:
+                self.preview_at[record.key] = now
+                if preview is not None:
+                    self.previews[record.key] = preview
+
+    def snapshot(self) -> Live:
+        with self.lock:
+            records = [copy.copy(self.started.get(r.key, r)) for r in self.pending]
+            return Live(records, timings=dict(self.timings), previews=dict(self.previews))
+
+
+def _preview(out_dir: Path, frames_dir: Path, key: str, index: int) -> str | None:
+    """Frame ``index`` with ``key``'s label map over it, as a small JPEG data: URI; None while either is not
+    written yet (frames are extracted beside the run)."""
+    mask_path = out_dir / "masks" / f".{key}.partial" / runner.MASK_NAME.format(index)
+    frame_file = frame_path(frames_dir, index)
+    try:
+        frame = np.asarray(Image.open(frame_file).convert("RGB"))
+        label_map = vmasks.read_palette_png(mask_path)
+    except (OSError, ValueError, vmasks.MaskError):
+        return None
+    h, w = frame.shape[:2]
+    scale = min(1.0, PREVIEW_SIDE / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = resize_frame(frame, size) if scale < 1 else frame
+    image = vmasks.overlay(small, vmasks.resize_labels(label_map, size))
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else None
 
 
 def run_in_background(
@@ -144,37 +231,48 @@ def run_in_background(
     *,
     cancel: threading.Event,
     interval: float = 0.5,
+    frames_dir: Path | None = None,
 ) -> Iterator[Live]:
     """Run in a worker thread and yield a snapshot every ``interval`` seconds, and a last one with ``done``.
 
     The worker runs in a copy of the caller's context, so a progress tracker that follows tqdm through a context
     variable (Gradio's) sees the runner's per-method bars. Closing the iterator early sets ``cancel``: the runner
-    stops after the frame it is on.
+    stops after the frame it is on. With ``frames_dir`` the display-size frames are extracted there beside the
+    run, and each snapshot carries every method's latest label map over its frame (``Live.previews``).
     """
-    tracker = _Tracker([pending_record(spec) for spec in request.specs])
+    tracker = _Tracker([pending_record(spec) for spec in request.specs], out_dir, frames_dir)
     outcome: dict[str, object] = {}
+    events = runner.RunEvents(on_start=tracker.on_start, on_frame=tracker.on_frame, on_progress=tracker.on_progress)
 
     def work() -> None:
         try:
-            outcome["result"] = run_comparison(
-                clip, prompt, request, out_dir, events=runner.RunEvents(on_start=tracker.on_start), cancel=cancel
-            )
+            outcome["result"] = run_comparison(clip, prompt, request, out_dir, events=events, cancel=cancel)
         except BaseException as err:  # noqa: BLE001 -- handed to the caller, who raises it in its own thread
             outcome["error"] = err
 
+    if frames_dir is not None:
+        threading.Thread(target=_extract_quietly, args=(clip, frames_dir), name="vos-frames", daemon=True).start()
     thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="vos-run", daemon=True)
     thread.start()
     try:
         while thread.is_alive():
             thread.join(interval)
             if thread.is_alive():
-                yield Live(tracker.snapshot())
+                yield tracker.snapshot()
     finally:
         if thread.is_alive():  # the consumer went away (Stop, closed tab): stop the methods too
             cancel.set()
     result = outcome.get("result")
-    records = list(result.records) if isinstance(result, runner.RunResult) else tracker.snapshot()
-    yield Live(records, done=True, result=result, error=outcome.get("error"))  # type: ignore[arg-type]
+    last = tracker.snapshot()
+    records = list(result.records) if isinstance(result, runner.RunResult) else last.records
+    yield Live(records, True, result, outcome.get("error"), last.timings, last.previews)  # type: ignore[arg-type]
+
+
+def _extract_quietly(clip: Clip, frames_dir: Path) -> None:
+    try:
+        extract_frames(clip, frames_dir)
+    except Exception as err:  # noqa: BLE001 -- previews are a nicety; the results extract the frames again
+        log.warning("could not extract the frames for the live previews: %s", err)
 
 
 def pending_record(spec: MethodSpec) -> MethodRecord:
@@ -186,29 +284,69 @@ def pending_record(spec: MethodSpec) -> MethodRecord:
 STATUS_LABELS = {status: status.label for status in Status}
 
 
-def live_html(records: Sequence[MethodRecord], total_frames: int) -> str:
-    """The per-method progress list shown while a run goes on."""
-    rows = []
+def clock(seconds: float) -> str:
+    """1:05, 12:00, 1:02:03."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def live_detail(r: MethodRecord, total_frames: int, timing: Timing | None = None, now: float | None = None) -> str:
+    """A running method's line: its stage ("fitting the mixtures 37/100") or its frame, elapsed time, time left."""
+    now = time.monotonic() if now is None else now
+    done = r.frames_done if r.status != runner.PENDING else 0
+    if r.status == runner.RUNNING and done == 0:
+        # Before frame 0 the method's own stages ("fitting the mixtures 37/100") say how far it got.
+        parts = ["loading weights…" if r.load_s is None else (r.stage or "preparing frame 0…")]
+    elif r.status == runner.RUNNING:
+        parts = [f"frame {done}/{total_frames}"]
+    elif r.status == runner.OK:
+        parts = [f"{done}/{total_frames} frames"] + ([f"{r.fps:.1f} fps"] if r.fps else [])
+    elif r.status == runner.CANCELLED:
+        return r.stopped_text()
+    else:
+        return ""
+    if r.status == runner.RUNNING and timing is not None:
+        parts.append(f"{clock(now - timing.started)} elapsed")
+        left = timing.left_s(r, now)
+        if left is not None:
+            parts.append(f"~{clock(left)} left" + (" in this stage" if done == 0 else ""))
+    return " · ".join(parts)
+
+
+def live_html(
+    records: Sequence[MethodRecord],
+    total_frames: int,
+    timings: dict[str, Timing] | None = None,
+    previews: dict[str, str] | None = None,
+) -> str:
+    """The live panel while a run goes on: one tile per method with its latest label map (as it arrives), a bar,
+    and its stage or frame with elapsed time and an estimate of the time left."""
+    timings, previews = timings or {}, previews or {}
+    now = time.monotonic()
+    tiles = []
     for r in records:
         done = r.frames_done if r.status != runner.PENDING else 0
         fraction = 1.0 if r.status == runner.OK else (done / total_frames if total_frames else 0.0)
-        if r.status == runner.RUNNING and r.frames_done == 0:
-            # Before frame 0 the method's own stages ("flow 12/80") say how far it got.
-            detail = "loading weights…" if r.load_s is None else (r.stage or "starting…")
-        elif r.status in (runner.RUNNING, runner.OK):
-            detail = f"{done}/{total_frames} frames"
-            if r.fps:
-                detail += f" · {r.fps:.1f} fps"
-        else:
-            detail = ""
-        rows.append(
-            f'<div class="vos-live-row vos-status-{html.escape(r.status)}">'
+        if r.status == runner.RUNNING and done == 0:
+            fraction = 0.0
+        detail = live_detail(r, total_frames, timings.get(r.key), now)
+        label = STATUS_LABELS.get(r.status, r.status)
+        state = html.escape(detail if r.status == runner.CANCELLED else " · ".join(filter(None, (label, detail))))
+        picture = previews.get(r.key)
+        image = (
+            f'<img src="{picture}" alt="{html.escape(r.title)}: latest label map">'
+            if picture
+            else '<div class="vos-live-empty"></div>'
+        )
+        tiles.append(
+            f'<div class="vos-live-row vos-status-{html.escape(r.status)}" data-key="{html.escape(r.key)}">'
+            f'<div class="vos-live-picture">{image}</div>'
             f'<span class="vos-live-name">{html.escape(r.title)} <small>{html.escape(r.variant)}</small></span>'
             f'<span class="vos-live-bar"><span style="width:{100 * fraction:.0f}%"></span></span>'
-            f'<span class="vos-live-state">{html.escape(STATUS_LABELS.get(r.status, r.status))}'
-            f"{' · ' + html.escape(detail) if detail else ''}</span></div>"
+            f'<span class="vos-live-state">{state}</span></div>'
         )
-    return '<div class="vos-live">' + "".join(rows) + "</div>"
+    return '<div class="vos-live">' + "".join(tiles) + "</div>"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -248,13 +386,13 @@ def frame_path(frames_dir: Path, index: int) -> Path:
 
 def extract_frames(clip: Clip, frames_dir: Path) -> Path:
     """Every frame of ``clip`` at its output size as JPEG, once: the frame slider reads these, not the video."""
-    marker = frames_dir / ".complete"
-    if marker.exists():
+    marker = frames_dir / ".complete"  # holds how many frames are there (a run may use only the first ones)
+    if marker.exists() and int(marker.read_text() or 0) >= clip.num_frames:
         return frames_dir
     frames_dir.mkdir(parents=True, exist_ok=True)
     for index, frame in enumerate(clip.output_frames()):
         Image.fromarray(_display(frame)).save(frame_path(frames_dir, index), quality=FRAME_QUALITY)
-    marker.touch()
+    marker.write_text(str(clip.num_frames))
     return frames_dir
 
 
@@ -282,9 +420,31 @@ def tile_images(view: RunView, frames_dir: Path, index: int) -> list[np.ndarray]
     else:
         tiles.append(frame)
     for record in view.records:
-        mask = view.bundle.mask(record.key, index) if record.ok else None
+        mask = view.bundle.mask(record.key, index) if record.has_masks else None
         tiles.append(vmasks.overlay(frame, mask) if mask is not None else _dimmed(frame))
     return tiles
+
+
+def tile_files(view: RunView, frames_dir: Path, index: int) -> list[Path]:
+    """``tile_images`` composed once per frame and kept as JPEG files beside the frames: scrubbing back and playing
+    again serve files, and the browser swaps one picture for the next without composing anything."""
+    index = max(0, min(int(index), view.num_frames - 1))
+    folder = frames_dir / "tiles" / view.path.name
+    paths = [folder / f"{index:05d}_{tile}.jpg" for tile in range(len(view.records) + 1)]
+    if not all(p.exists() for p in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, image in zip(paths, tile_images(view, frames_dir, index)):
+            part = path.with_suffix(f".{threading.get_ident()}.part")
+            Image.fromarray(image).save(part, format="JPEG", quality=FRAME_QUALITY)
+            part.replace(path)  # a tile being written by another callback is never read half-written
+    return paths
+
+
+def playing_index(start_index: int, started: float, fps: float, num_frames: int, now: float | None = None) -> int:
+    """The frame to show while playing: the clip's own frame rate in wall time, so a slow round trip skips frames
+    instead of slowing the clip down."""
+    now = time.monotonic() if now is None else now
+    return (start_index + int((now - started) * fps)) % max(1, num_frames)
 
 
 def tile_label(record: MethodRecord) -> str:
@@ -325,7 +485,9 @@ def tile_caption(record: MethodRecord) -> str:
             text += _segments_html(record)
         return text
     label = STATUS_LABELS.get(record.status, record.status)
-    body = f'<div class="vos-caption vos-problem"><b>{html.escape(label.capitalize())}</b>'
+    if record.status == runner.CANCELLED:
+        label = record.stopped_text() + (" (its masks are kept)" if record.has_masks else "")
+    body = f'<div class="vos-caption vos-problem"><b>{html.escape(label[:1].upper() + label[1:])}</b>'
     if record.error:
         body += f'<div class="vos-error">{_code(record.error)}</div>'
     if record.hint:
@@ -429,9 +591,27 @@ def downloads(view: RunView, dest: Path) -> Downloads:
     run = view.path.name
     clip = re.sub(r"[^A-Za-z0-9_.-]+", "_", view.bundle.name)[:40] or "clip"
     folder = dest / run
-    masks_dir = view.path / "masks"
-    masks = None
-    if masks_dir.is_dir() and any(masks_dir.iterdir()):
-        masks = vbundle.zip_folder(masks_dir, folder / f"{clip}_masks.zip", root=f"{run}_masks")
+    masks = _zip_masks(view, folder / f"{clip}_masks.zip", root=f"{run}_masks")
     bundle = vbundle.zip_bundle(view.path, folder / f"{clip}_run.zip", run_json=without_server_paths)
     return Downloads(view.bundle.video, masks, bundle)
+
+
+def _zip_masks(view: RunView, dest: Path, *, root: str) -> Path | None:
+    """One folder per finished method, and per stopped one with the frames it did and a STOPPED.txt saying how far
+    it got (the download must not vanish because of a Stop); a failed method's frames stay in the run bundle."""
+    chosen = [r for r in view.records if r.ok or r.status == runner.CANCELLED]
+    kept = [(r, vbundle.masks_folder(view.path, r)) for r in chosen]
+    kept = [(r, f) for r, f in kept if f is not None and f.is_dir() and any(f.glob("*.png"))]
+    if not kept:
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as archive:
+        for record, masks_folder in kept:
+            for png in sorted(masks_folder.glob("*.png")):
+                archive.write(png, f"{root}/{record.key}/{png.name}")
+            if not record.ok:
+                note = f"{record.title}: {record.status_text()}; frames 0 to {record.frames_done - 1} are here.\n"
+                archive.writestr(f"{root}/{record.key}/STOPPED.txt", note)
+    part.replace(dest)
+    return dest

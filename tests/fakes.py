@@ -7,12 +7,14 @@ subprocess (the benchmark's points) see them too.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from vos import click_engine
 from vos.methods import OFFLINE, SEMI, UNSUP, Method, MethodInfo, Option, Paper, register, unregister
 
 PAPER = Paper(title="A test double", authors="vos-compare tests", venue="tests", year=2026, url="https://example.org")
@@ -55,7 +57,8 @@ class CopyFirstMask(Method):
         "fake_copy",
         options=(
             Option("shift", int, 0, "pixels to move the mask right per frame"),
-            Option("delay", float, 0.0, "seconds to sleep per frame"),
+            # The app in the browser tests runs slowly when told, so a run can be watched and stopped.
+            Option("delay", float, float(os.environ.get("VOS_FAKE_DELAY", 0)), "seconds to sleep per frame"),
             Option("size", tuple, (32, 48), "a size option, for parsing tests"),
             Option("mode", str, "fast", "a choice option", choices=("fast", "exact"), paper="exact"),
         ),
@@ -148,3 +151,36 @@ class WholeClipFirst(Method):
             self.report("whole clip", step + 1, steps)
         for _frame in clip.frames():
             yield first_mask
+
+
+TINY_SAM2_SIDE = 256  # the tiny model's input side (the release's is 1024)
+
+
+def tiny_sam2() -> click_engine.Sam2Engine:
+    """SAM 2 with the release's structure, shrunk, random weights: four Hiera stages, a windowed and a global
+    block, 32 channels. The click engine of the tests (``VOS_CLICK_ENGINE=tiny-random``); nothing is downloaded."""
+    torch.manual_seed(0)
+    side = TINY_SAM2_SIDE
+    config = click_engine.sam2_config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model",
+                hidden_size=16,
+                image_size=[side, side],
+                blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=[16, 32, 64, 128],
+                num_attention_heads_per_stage=[1, 1, 2, 2],
+                global_attention_blocks=[3],
+                window_positional_embedding_background_size=[4, 4],
+            ),
+            backbone_channel_list=[128, 64, 32, 16],
+            backbone_feature_sizes=[[side // 4] * 2, [side // 8] * 2, [side // 16] * 2],
+            fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=side),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2),
+    )
+    return click_engine.Sam2Engine(click_engine._sam2_model(None, config), "tiny SAM 2 (random weights)")
+
+
+click_engine.register_engine("tiny-random", tiny_sam2)

@@ -18,13 +18,15 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 
 import tests.fakes  # noqa: F401 -- registers the fake_* methods
 from pages import prompting as pr
 from pages import results as rs
 from vos import masks as vmasks
 from vos import runner
-from vos.specs import MethodSpec
+from vos.bundle import MethodRecord
+from vos.specs import MethodSpec, parse_method_specs
 from vos.synthetic import moving_shapes
 from vos.video import Limits, write_mp4
 
@@ -314,6 +316,40 @@ def test_running_in_background_yields_progress_and_stops_when_closed(tiny):
     assert cancel.is_set()
 
 
+def test_live_snapshots_carry_each_methods_latest_label_map(tiny):
+    """While a run goes on, each method's tile shows its latest frame with its mask, and its line says the frame,
+    the elapsed time and the time left."""
+    import threading
+
+    session = pr.set_uploaded_mask(pr.start_session(tiny["clip"], Limits()), tiny["mask"])
+    labels, _ = pr.save_prompt(session)
+    request = rs.RunRequest([MethodSpec("fake_copy", options={"delay": 0.3})], device="cpu")
+    stream = rs.run_in_background(
+        session.clip(), labels, request, session.path / "run", cancel=threading.Event(), interval=0.1,
+        frames_dir=session.path / "frames",
+    )  # fmt: skip
+    seen, lines = [], 0
+    for live in stream:
+        if not live.done and live.previews.get("fake_copy"):
+            seen.append((live.records[0].frames_done, live.previews["fake_copy"]))
+            page = rs.live_html(live.records, live.records[0].frames_total, live.timings, live.previews)
+            assert 'src="data:image/jpeg;base64,' in page
+            if live.records[0].status == runner.RUNNING and live.records[0].frames_done >= 2:
+                assert re.search(r"frame \d+/8 · 0:0\d elapsed · ~0:0\d left", page)
+                lines += 1
+    assert len({preview for _, preview in seen}) >= 2  # the picture changed as frames arrived
+    assert lines > 0
+    assert live.done and live.result.records[0].ok
+
+
+def test_live_line_before_frame_zero_shows_the_stage_and_its_time_left():
+    record = MethodRecord("m", "M", "semi", "v", status=runner.RUNNING, frames_total=10, load_s=1.0)
+    record.stage = "fitting the mixtures 25/100"
+    timing = rs.Timing(started=0.0, stage="fitting the mixtures", stage_started=10.0)
+    line = rs.live_detail(record, 10, timing, now=20.0)
+    assert line == "fitting the mixtures 25/100 · 0:20 elapsed · ~0:30 left in this stage"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The callbacks, end to end, without a server
 
@@ -365,7 +401,9 @@ def test_compare_page_callbacks_run_a_comparison(tiny):
     assert "tiny_masks.zip" in str(out[page.download_masks].value)
     assert out[page.download_bundle].label.startswith("⬇ Run bundle (zip) · ")
     images = page.on_frame(session, run_dir, 5)
-    assert images[0].shape[:2] == (96, 128) and sum(i is not None for i in images) == 3
+    assert sum(i is not None for i in images) == 3
+    assert np.asarray(Image.open(images[0])).shape[:2] == (96, 128)
+    assert page.on_frame(session, run_dir, 5) == images  # composed once, then served as files
 
 
 def test_run_refuses_an_empty_prompt_and_no_methods(tiny):
@@ -392,14 +430,23 @@ def test_run_refuses_an_empty_prompt_and_no_methods(tiny):
 
 def test_the_page_opens_on_a_variant_that_can_run_here(monkeypatch):
     from pages import WeightsState, compare
+    from vos import runnable as vrunnable
     from vos.methods import get_info
 
     mixture, tvos = get_info("mixture"), get_info("tvos")
     # The test's Hugging Face home is empty: no checkpoint is here.
     assert compare.initial_variant(mixture) == "rgb"  # runs with no weights at all
+    specs, _ = parse_method_specs("mixture,tvos", runnable=True)  # the CLI's and the API's choice
+    assert [s.variant for s in specs] == ["rgb", tvos.default_variant]
+    assert "mixture=VARIANT" in specs[0].variant_note and "weights fetch mixture:xcit" in specs[0].variant_note
+    named, _ = parse_method_specs("mixture", variants=["mixture=xcit"], runnable=True)
+    assert named[0].variant == "xcit"  # a variant the user names is kept
     assert compare.initial_variant(tvos) == tvos.default_variant  # nothing runs without weights: keep the default
-    monkeypatch.setattr(compare, "weights_state", lambda info, variant: WeightsState(needed=True, available=True))
+    # One answer for the page, the CLI and the API: vos.runnable's.
+    monkeypatch.setattr(vrunnable, "weights_state", lambda info, variant: WeightsState(needed=True, available=True))
     assert compare.initial_variant(mixture) == mixture.default_variant == "xcit"
+    specs, _ = parse_method_specs("mixture", runnable=True)
+    assert specs[0].variant == "xcit" and specs[0].variant_note is None
 
 
 def test_every_method_gets_checkpoint_controls_and_uploads_win(tmp_path, monkeypatch):
@@ -451,9 +498,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_app(folder: Path, plugins: str = "tests.fakes") -> Iterator[str]:
-    """``python app.py`` in a subprocess on a free port, with the fake methods registered by default; yields its
-    URL."""
+def launched_app(folder: Path, plugins: str = "tests.fakes", env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python app.py`` in a subprocess on a free port, with the fake methods registered by default (and ``env``
+    added to its environment); yields its URL."""
     port = free_port()
     log = folder / "app.log"
     env = {
@@ -463,12 +510,13 @@ def launched_app(folder: Path, plugins: str = "tests.fakes") -> Iterator[str]:
         "HF_HUB_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         pr.SESSIONS_ENV: str(folder / "sessions"),
+        **(env or {}),
     }
     with log.open("w") as stream:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env, stdout=stream, stderr=stream
         )
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180  # a busy 2-core machine takes long to import torch and gradio
     try:
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -479,7 +527,7 @@ def launched_app(folder: Path, plugins: str = "tests.fakes") -> Iterator[str]:
             except OSError:
                 time.sleep(0.3)
         else:
-            pytest.fail(f"the app did not listen within 90 s:\n{log.read_text()[-3000:]}")
+            pytest.fail(f"the app did not listen within 180 s:\n{log.read_text()[-3000:]}")
         yield f"http://127.0.0.1:{port}/"
     finally:
         process.terminate()

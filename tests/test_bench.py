@@ -6,6 +6,7 @@ Each measured point starts a Python with torch (~3-5 s here), so the sweeps belo
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 
 import pytest
@@ -230,7 +231,7 @@ def test_figures_build_from_a_stored_file(tmp_path):
     label = results["hardware"]["label"]
 
     memory = bench.memory_figure(results)
-    assert label in memory.layout.title.text and memory.layout.yaxis.type == "log"
+    assert squeezed(label) in unwrapped(memory.layout.title.text) and memory.layout.yaxis.type == "log"
     lines = {t.name: t for t in memory.data if t.mode == "lines+markers"}
     assert list(lines) == ["m · a", "n · a"]
     assert list(lines["m · a"].x) == [120, 240] and list(lines["m · a"].y) == [480.0, 960.0]
@@ -240,7 +241,7 @@ def test_figures_build_from_a_stored_file(tmp_path):
     assert bench.memory_figure(results, log_y=False).layout.yaxis.type == "linear"
 
     fps = bench.fps_figure(results)
-    assert label in fps.layout.title.text
+    assert squeezed(label) in unwrapped(fps.layout.title.text)
     assert [t.name for t in fps.data if t.mode == "lines+markers"] == ["m · a", "n · a"]
 
     infos = [
@@ -268,7 +269,8 @@ def test_figures_build_from_a_stored_file(tmp_path):
     # Measured at the resolution nearest 480 (240p), at the paper's J&F (random weights measure no accuracy).
     assert here["m · a (measured here)"].x[0] == pytest.approx(10.0 / 240 * 100)
     assert here["m · a (measured here)"].y[0] == 80.0
-    assert label in accuracy.layout.title.text and "without a reported speed" in accuracy.layout.title.text
+    title = unwrapped(accuracy.layout.title.text)
+    assert squeezed(label) in title and squeezed("without a reported speed") in title
     assert bench.accuracy_speed_figure(None, infos).data  # papers alone, before anything was measured
 
     assert "m · a 360p: Ran out of memory" in bench.summary_table(results)
@@ -351,3 +353,22 @@ def test_measure_here_runs_the_cli_sweep(tmp_path, monkeypatch):
     assert [p.status for p in bench.points_of(results)] == [bench.OK]
     assert selector.value == measured[0] and memory.data and len(table) == 1
     assert "token" not in page._CANCELS
+
+
+def squeezed(text: str) -> str:
+    return re.sub(r"[\s·]+", "", text)
+
+
+def unwrapped(title: str) -> str:
+    """A chart title's text without the breaks, separators and spaces where subtitles wrap for phones."""
+    return squeezed(title.replace("</sup><br><sup>", ""))
+
+
+def test_subtitles_wrap_to_a_phone_width():
+    from vos.bench import SUBTITLE_WIDTH, _with_subtitle
+
+    line = "CPU Intel(R) Xeon(R) Processor · 2 cores · 23.5 GiB RAM · torch 2.14.1+cu130 · a-very-long-note " * 2
+    title = _with_subtitle("Peak memory", [line])
+    pieces = re.findall(r"<sup>(.*?)</sup>", title)
+    assert len(pieces) > 2 and all(len(p) <= SUBTITLE_WIDTH for p in pieces)
+    assert squeezed("".join(pieces)) == squeezed(line)  # nothing lost, only broken

@@ -188,7 +188,11 @@ def test_readme_screenshots(open_page, tmp_path):
     on an app without the test-only methods."""
     folder = Path(os.environ["VOS_SCREENSHOT_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
-    with launched_app(tmp_path, plugins="") as app_url:
+    # A Hugging Face home where a user's is (still offline), so that a tile's "weights missing" message shows a path
+    # a reader recognises rather than the test's temporary folder.
+    hf_home = Path.home() / ".cache" / "huggingface"
+    home = {"HF_HOME": str(hf_home), "VOS_CACHE": str(hf_home / "vos-compare")}
+    with launched_app(tmp_path, plugins="", env=home) as app_url:
         take_readme_screenshots(open_page, app_url, folder)
 
 
@@ -233,3 +237,74 @@ def test_a_zip_bomb_upload_shows_one_clear_message(app_url, open_page, tmp_path)
     page.wait_for_timeout(300)
     folder = Path(os.environ.get("VOS_SCREENSHOT_DIR") or tmp_path)
     page.screenshot(path=str(folder / "error-zip-bomb.png"))
+
+
+# ---- the first ten minutes: one click through the engine, live tiles, Stop keeps frames, playback without blanks
+
+
+@pytest.fixture(scope="module")
+def slow_app_url(tmp_path_factory):
+    """The app with the tiny random-weight SAM 2 as its click engine and a fake method that takes 0.25 s a frame."""
+    env = {"VOS_CLICK_ENGINE": "tiny-random", "VOS_FAKE_DELAY": "0.25"}
+    with launched_app(tmp_path_factory.mktemp("slow_server"), env=env) as url:
+        yield url
+
+
+def test_click_engine_live_tiles_stop_and_playback(slow_app_url, open_page, tmp_path):
+    page = open_page(slow_app_url, LAPTOP)
+    page.wait_for_selector("#vos-upload")
+    page.set_input_files("#vos-upload input[type=file]", str(EXAMPLE))
+    page.wait_for_selector("#vos-frame img")
+    truth = vmasks.read_palette_png(EXAMPLE_MASK)
+    click_on_frame(page, *centre_of(truth, 1), truth.shape)
+    page.wait_for_function("document.querySelector('#vos-prompt-legend').innerText.includes('object 1')")
+    assert "tiny SAM 2" in page.locator("#vos-prompt-legend").inner_text()  # the page says which engine
+
+    for checkbox in page.locator("[id^=vos-use-] input[type=checkbox]").all():
+        key = checkbox.evaluate("e => e.closest('[id^=vos-use-]').id.slice('vos-use-'.length)")
+        checkbox.set_checked(key == "fake_copy")
+    page.click("#vos-run")
+    # Live: the method's tile shows its latest label map, and the picture changes as frames arrive.
+    page.wait_for_selector(".vos-live img", timeout=120_000)
+    first = page.locator(".vos-live img").first.get_attribute("src")
+    page.wait_for_function("src => document.querySelector('.vos-live img').getAttribute('src') !== src", arg=first)
+    assert "elapsed" in page.locator(".vos-live").inner_text()
+    page.wait_for_function("/frame ([5-9]|\\d\\d)\\//.test(document.querySelector('.vos-live').innerText)")
+    page.click("#vos-stop")
+    # Stop keeps work: the tile shows the frames done and says where it stopped; the masks can be downloaded.
+    page.wait_for_selector("#vos-tile-fake_copy img", timeout=60_000)
+    caption = page.locator("#vos-tile-fake_copy").inner_text()
+    assert "Stopped at frame" in caption and "of 48" in caption
+    assert page.locator("#vos-download-masks").is_visible()
+    with page.expect_download() as download_info:
+        page.click("#vos-download-masks")
+    import zipfile
+
+    with zipfile.ZipFile(download_info.value.path()) as archive:
+        names = archive.namelist()
+        note = next(n for n in names if n.endswith("fake_copy/STOPPED.txt"))
+        assert "stopped at frame" in archive.read(note).decode()
+        assert sum(n.endswith(".png") for n in names) >= 5
+    save_screenshot(page, tmp_path / "stopped.png")
+
+    # Playback: the tiles change frame, and never show an empty picture in between.
+    page.evaluate(
+        """() => {
+        window.vosSeen = []; window.vosBlank = 0;
+        const tile = document.querySelector('#vos-tile-fake_copy');
+        const look = () => {
+            const img = tile.querySelector('img');
+            if (!img || !img.getAttribute('src') || (img.complete && img.naturalWidth === 0)) window.vosBlank++;
+            else if (window.vosSeen.at(-1) !== img.getAttribute('src')) window.vosSeen.push(img.getAttribute('src'));
+        };
+        window.vosWatch = setInterval(look, 15);
+    }"""
+    )
+    page.click("#vos-play")
+    page.wait_for_timeout(4000)
+    page.click("#vos-play")
+    seen, blank = page.evaluate(
+        "() => { clearInterval(window.vosWatch); return [window.vosSeen.length, window.vosBlank]; }"
+    )
+    assert seen >= 4, f"playback showed {seen} pictures in 4 s"
+    assert blank == 0, f"the tile was empty {blank} times while playing"

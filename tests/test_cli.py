@@ -398,3 +398,75 @@ def test_bundle_files_have_ordinary_permissions(tmp_path, clip_and_prompt):
     for path in [out, *out.rglob("*")]:
         assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
     assert (out / "side_by_side.mp4").exists()
+
+
+def test_ctrl_c_keeps_the_frames_done(tmp_path, clip_and_prompt, capsys):
+    """The first Ctrl+C stops after the current frame and still writes the bundle, up to that frame."""
+    import signal
+    import threading
+    import time
+
+    clip, prompt, _ = clip_and_prompt
+    out = tmp_path / "run"
+
+    def interrupt_after_two_frames() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(list(tmp_path.glob(".run.*.partial/masks/.fake_copy.partial/*.png"))) >= 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.01)
+
+    threading.Thread(target=interrupt_after_two_frames, daemon=True).start()
+    code = main(
+        [
+            "run", str(clip), "--prompt", str(prompt), "--methods", "fake_copy,fake_unsup", "--device", "cpu",
+            "--weights", "random", "--opt", "fake_copy.delay=0.3", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 1
+    data = json.loads((out / "run.json").read_text())
+    copied, never = data["methods"]
+    assert copied["status"] == "cancelled" and 2 <= copied["frames_done"] < 6 and copied["frames_total"] == 6
+    pngs = sorted(p.name for p in (out / copied["partial_masks_dir"]).glob("*.png"))
+    assert pngs == [f"{i:05d}.png" for i in range(copied["frames_done"])]
+    assert never["status"] == "cancelled" and never["masks_dir"] is None and never["partial_masks_dir"] is None
+    assert (out / "side_by_side.mp4").stat().st_size > 0
+    assert "Stopped (Ctrl+C)" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the run
+
+
+@pytest.mark.slow
+def test_default_run_on_the_example_writes_masks_offline(tmp_path, monkeypatch, caplog):
+    """`python -m vos run EXAMPLE --prompt MASK --out DIR` on a machine with no weights and no network: each method
+    runs a variant that can run here (mixture: rgb), at the CPU's default size and length, and writes real masks; a
+    method with no weight-free variant says what fetches its weights. (The CPU defaults are shrunk further here so
+    that the test takes seconds, not the minute the real defaults are for.)"""
+    from vos import runnable
+
+    monkeypatch.setattr(runnable, "CPU_MAX_SIDE", 64)
+    monkeypatch.setattr(runnable, "CPU_MAX_FRAMES", 3)
+    example = ROOT / "assets" / "examples"
+    out = tmp_path / "run"
+    code = main(
+        ["run", str(example / "shapes.mp4"), "--prompt", str(example / "shapes_00000.png"), "--methods",
+         "mixture,tvos", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 1  # tvos has no weights here
+    data = json.loads((out / "run.json").read_text())
+    mixture, tvos = data["methods"]
+    assert mixture["status"] == "ok" and mixture["variant"] == "rgb"
+    assert "default 'xcit' needs weights" in mixture["variant_note"]
+    assert data["settings"]["max_side"] == 64 and data["clip"]["num_frames"] == 3
+    pngs = sorted((out / "masks" / "mixture").glob("*.png"))
+    assert len(pngs) == 3 and vmasks.read_palette_png(pngs[2]).any()
+    assert tvos["status"] == "weights_missing" and "weights fetch tvos" in tvos["hint"]
+    assert "running variant 'rgb'" in caplog.text and "On the CPU" in caplog.text
+
+
+def test_missing_weights_hint_names_the_weight_free_variant():
+    from vos import runnable
+
+    hint = runnable.missing_weights_hint("mixture", "python -m vos weights fetch mixture:xcit")
+    assert hint == "python -m vos weights fetch mixture:xcit (or run without weights: --variant mixture=rgb)"
+    assert runnable.missing_weights_hint("tvos", "X") == "X"

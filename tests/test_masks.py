@@ -192,7 +192,7 @@ def test_overlay_blends_objects_and_draws_contours():
     assert out.shape == frame.shape and out.dtype == np.uint8
     background = label_map == 0
     np.testing.assert_array_equal(out[background], frame[background])
-    colour = masks.palette()[2].astype(int)
+    colour = masks.display_palette()[2].astype(int)
     interior = (slice(22, 38), slice(22, 48))
     before = np.abs(frame[interior].astype(int) - colour).sum(axis=2)
     after = np.abs(out[interior].astype(int) - colour).sum(axis=2)
@@ -216,13 +216,13 @@ def test_overlay_resizes_label_map_and_honours_colours():
 def test_legend_entries_and_strip():
     entries = masks.legend([1, 3], labels={3: "extra segment"})
     assert [(e.id, e.color, e.label) for e in entries] == [
-        (1, (128, 0, 0), "object 1"),
-        (3, (128, 128, 0), "extra segment"),
+        (1, (255, 59, 48), "object 1"),
+        (3, (0, 145, 255), "extra segment"),
     ]
-    assert entries[0].hex == "#800000"
+    assert entries[0].hex == "#ff3b30"
     strip = masks.draw_legend(entries, 200)
     assert strip.shape[1] == 200 and strip.dtype == np.uint8
-    assert (strip == masks.palette()[3]).all(axis=2).any()  # the swatch is drawn
+    assert (strip == masks.display_palette()[3]).all(axis=2).any()  # the swatch is drawn
 
 
 # ---- the grid

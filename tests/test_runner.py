@@ -304,6 +304,15 @@ def test_cancel_between_frames(tmp_path, shapes):
     )
     assert [r.status for r in result.records] == [runner.CANCELLED, runner.CANCELLED]
     assert seen == [1, 2]
+    # The stopped method keeps the frames it finished (under partial/); the one that never started has none.
+    stopped, never = result.records
+    assert stopped.frames_done == 2 and stopped.has_masks
+    assert np.array_equal(result.read_mask("fake_copy", 1), masks[0])
+    assert result.read_mask("fake_copy", 2) is None
+    assert stopped.status_line() == f"stopped at frame 2 of {clip.num_frames}"
+    assert not never.has_masks and never.status_line() == "stopped before it started"
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["methods"][0]["partial_masks_dir"] and data["methods"][0]["frames_done"] == 2
 
 
 def test_ground_truth_scores(tmp_path, shapes):

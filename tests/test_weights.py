@@ -904,6 +904,7 @@ def test_an_unreachable_hub_is_not_asked_again_for_a_while(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     monkeypatch.setattr(wdownload, "_hub_unreachable_at", None)
+    monkeypatch.setattr(wdownload, "_hub_answers", lambda: True)  # the host answers; the downloads fail
     with pytest.raises(weights.HubMiss, match="cannot reach the Hub"):
         weights.hub_download("owner/repo", "a.safetensors")
     # The next file is looked up in the local cache only: no second round of retries.
@@ -922,3 +923,26 @@ def test_a_network_the_authors_do_not_ship_may_come_from_the_hub():
     assert weights.Entry.from_table("m.part", {**plain, "shared": True}).shared_backbone
     assert weights.Entry.from_table("backbone.x", plain).shared_backbone
     assert weights.entry("abr.raft_things").shared_backbone  # abr's RAFT is torchvision's, not in the authors' folder
+
+
+def test_no_network_is_known_before_the_first_file(monkeypatch):
+    """Without HF_HUB_OFFLINE, a machine whose Hub host does not answer looks in the local cache only from the first
+    file on: every missing checkpoint is reported at once, none after huggingface_hub's retries."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked_online, probes = [], []
+
+    def local_only(repo, filename, *, local_files_only, **kwargs):
+        asked_online.append(not local_files_only)
+        raise LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", local_only)
+    monkeypatch.setattr(wdownload, "_hub_unreachable_at", None)
+    monkeypatch.setattr(wdownload, "_hub_probed_at", None)
+    monkeypatch.setattr(wdownload, "_hub_answers", lambda: probes.append(1) or False)
+    for name in ("a.safetensors", "b.safetensors", "c.safetensors"):
+        with pytest.raises(weights.HubMiss, match="the Hub did not answer"):
+            weights.hub_download("owner/repo", name)
+    assert asked_online == [False, False, False] and len(probes) == 1

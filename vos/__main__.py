@@ -2,8 +2,9 @@
 
 Each subcommand's work lives in the module that owns it (``runner``, ``metrics``, ``bench``, ``weights``,
 ``present``); this file only parses arguments. Errors meant for the user (``VosError``) are printed as one line
-and exit with code 2 (a full disk, which stops a run that had started: 1). SIGTERM is handled as Ctrl+C (a run
-removes its unfinished files) and exits with 143.
+and exit with code 2 (a full disk, which stops a run that had started: 1). SIGTERM is handled as a second Ctrl+C
+(a run removes its unfinished files) and exits with 143; a run's first Ctrl+C stops it after the current frame and
+keeps its bundle (vos.runner).
 """
 
 from __future__ import annotations
@@ -201,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a service stopping, `kill`, a CI timeout), handled as Ctrl+C: the run removes its unfinished files."""
+    """SIGTERM (a service stopping, `kill`, a CI timeout), handled as an interrupt: the run removes its unfinished
+    files (only a run's first Ctrl+C stops gently and keeps them)."""
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -122,7 +122,9 @@ class MethodRecord:
     error: str | None = None
     hint: str | None = None  # what to do about the error
     frames_done: int = 0
+    frames_total: int | None = None  # the clip's frames, so a stopped method can say how far it got
     stage: str | None = None  # the latest progress the method reported, e.g. "flow 12/80"
+    variant_note: str | None = None  # why this variant and not the method's default (vos.runnable chose it)
     load_s: float | None = None
     first_frame_s: float | None = None
     segment_s: float | None = None
@@ -149,6 +151,21 @@ class MethodRecord:
         return self.status == Status.OK
 
     @property
+    def has_masks(self) -> bool:
+        """Finished, or stopped or failed after some frames: label maps of frames 0..frames_done-1 are kept."""
+        return self.masks_dir is not None or self.partial_masks_dir is not None
+
+    def stopped_text(self) -> str:
+        """ "stopped at frame k of N": k frames were segmented (0..k-1) before the user stopped the run."""
+        if self.frames_total is None:
+            return "stopped before it started"
+        return f"stopped at frame {self.frames_done} of {self.frames_total}"
+
+    def status_text(self) -> str:
+        """The status in words; a stopped method says how far it got."""
+        return self.stopped_text() if self.status == Status.CANCELLED else status_label(self.status)
+
+    @property
     def task_words(self) -> str:
         return "unsupervised" if self.task == UNSUP else "semi-supervised"
 
@@ -163,7 +180,7 @@ class MethodRecord:
             if self.scores and "J&F" in self.scores:
                 parts.append(f"J&F {self.scores['J&F']:.3f}")
             return " · ".join(parts)
-        label = status_label(self.status)
+        label = self.status_text()
         return f"{label}: {self.error}" if self.error and self.status != Status.OOM else label
 
 
@@ -180,7 +197,7 @@ def table_rows(records: Sequence[MethodRecord]) -> tuple[list[str], list[list[ob
             r.title,
             r.variant,
             r.task_words,
-            status_label(r.status),
+            r.status_text(),
             None if r.fps is None else round(r.fps, 2),
             None if r.peak_memory_mib is None else round(r.peak_memory_mib),
             None if r.load_s is None else round(r.load_s, 2),

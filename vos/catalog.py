@@ -150,10 +150,15 @@ def weights_rows() -> list[tuple[str, str, str]]:
         if file_id in listed:
             continue
         users = [key for key in item.used_by if key not in registered]
-        rows += [(f"{key} (not registered here)", "-", file_id) for key in users]
+        rows += [(_user_label(key), "-", file_id) for key in users]
         if not users:
             rows.append(("(no variant uses it)", "-", file_id))
     return rows
+
+
+def _user_label(key: str) -> str:
+    # The Compare page's click engine is no method, but its weights are listed (and fetched) like one's.
+    return "click engine (Compare page)" if key == "click_engine" else f"{key} (not registered here)"
 
 
 def weights_table() -> str:

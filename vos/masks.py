@@ -72,10 +72,43 @@ def palette() -> np.ndarray:
     return _PALETTE.copy()
 
 
+# What the app, the MP4 and the presenter draw (files keep the DAVIS palette): the DAVIS colours are dark (object 1
+# is (128, 0, 0), lost on a dark cup or a hand in shadow); these are saturated and light enough to read on dark and
+# bright footage alike, distinct from each other for the first ten objects, then the DAVIS colours brightened.
+_VIVID = [
+    (255, 59, 48),
+    (52, 199, 89),
+    (0, 145, 255),
+    (255, 204, 0),
+    (191, 90, 242),
+    (255, 149, 0),
+    (100, 210, 255),
+    (255, 55, 145),
+    (172, 142, 104),
+    (160, 160, 170),
+]
+
+
+def _build_display_palette() -> np.ndarray:
+    table = (_PALETTE.astype(np.float32) * 0.55 + 110).round().astype(np.uint8)
+    table[0] = 0
+    table[1 : 1 + len(_VIVID)] = np.array(_VIVID, np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+_DISPLAY = _build_display_palette()
+
+
+def display_palette() -> np.ndarray:
+    """The (256, 3) uint8 colours objects are drawn in (overlays, legends, the brush): id 1 -> (255, 59, 48)..."""
+    return _DISPLAY.copy()
+
+
 def colors_for(ids: Sequence[int] | np.ndarray, colors: Mapping[int, Color] | None = None) -> dict[int, Color]:
-    """The display colour of each id: ``colors[id]`` when given, else the palette colour."""
+    """The display colour of each id: ``colors[id]`` when given, else the display palette's colour."""
     chosen = dict(colors or {})
-    return {int(i): tuple(int(c) for c in chosen.get(int(i), _PALETTE[int(i)])) for i in ids}
+    return {int(i): tuple(int(c) for c in chosen.get(int(i), _DISPLAY[int(i)])) for i in ids}
 
 
 def object_ids(label_map: np.ndarray) -> list[int]:
@@ -321,8 +354,8 @@ def _read_mask_zip(path: Path, size: tuple[int, int] | None) -> dict[str, np.nda
 
 def _color_table(colors: Mapping[int, Color] | None) -> np.ndarray:
     if not colors:
-        return _PALETTE
-    table = _PALETTE.copy()
+        return _DISPLAY
+    table = _DISPLAY.copy()
     for object_id, colour in colors.items():
         table[int(object_id)] = colour
     return table
@@ -386,7 +419,7 @@ def overlay(
     blended = frame[inside].astype(np.float32) * (1 - alpha) + table[ids].astype(np.float32) * alpha
     out[inside] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     if contour:
-        thickness = 1 if min(frame.shape[:2]) < 600 else 2
+        thickness = 1 if min(frame.shape[:2]) < 300 else 2
         edge = object_edges(label_map, thickness)
         out[edge] = _contour_table(table)[label_map[edge]]
     return out

@@ -109,17 +109,19 @@ def mask_from_upload(path: str | Path, size: tuple[int, int], *, rescale: bool =
 # Prompts -> label map
 
 
-def prompts_to_mask(image: np.ndarray, objects: Sequence[ObjectPrompt], *, engine: str = "grabcut") -> np.ndarray:
+def prompts_to_mask(
+    image: np.ndarray, objects: Sequence[ObjectPrompt], *, engine: str | PromptEngine = "grabcut"
+) -> np.ndarray:
     """A uint8 label map (H, W) of ``image``: object ``i`` of ``objects`` gets id ``i + 1``.
 
     Overlaps: later objects win, except that what the user marked directly (brush pixels and the seed disk of a
     positive click) always keeps its object, so a click on a part inside another object's box claims that part.
     """
     image = _check_image(image)
-    if engine not in ENGINES:
+    if not callable(engine) and engine not in ENGINES:
         raise PromptError(
             f"Unknown prompt engine {engine!r}. Available: {', '.join(ENGINES)}. "
-            "(A SAM-based engine is planned; use 'grabcut' for now.)"
+            "(SAM 2 is an engine object: vos.click_engine.load_engine().)"
         )
     if not objects:
         raise PromptError("No objects prompted: click, box or paint at least one object on the first frame.")
@@ -130,7 +132,7 @@ def prompts_to_mask(image: np.ndarray, objects: Sequence[ObjectPrompt], *, engin
     label_map = np.zeros(size, np.uint8)
     marked = []
     for object_id, prompt in enumerate(objects, start=1):
-        mask = ENGINES[engine](image, prompt)
+        mask = engine(image, prompt) if callable(engine) else ENGINES[engine](image, prompt)  # vos.click_engine
         if not mask.any():
             mask = _fallback(prompt, size, object_id)
         label_map[mask] = object_id

@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ import vos
 from vos import bundle as vbundle
 from vos import device as vdevice
 from vos import masks as vmasks
+from vos import runnable as vrunnable
 from vos.bundle import MASK_NAME, MethodRecord, Status
 from vos.errors import VosError
 from vos.matching import SegmentMatcher
@@ -149,7 +151,7 @@ def _explain(err: BaseException, record: MethodRecord) -> None:
         # `weights fetch` fills the cache from the manifest's sources: it helps only when the weights were to come
         # from there (hub) and the error says such a source exists; its message carries the command exactly then.
         if from_manifest and err.fetchable:
-            record.hint = err.command
+            record.hint = vrunnable.missing_weights_hint(record.key, err.command)
         elif not from_manifest:
             record.hint = (
                 f"Check --weights {spec}: it must point at this method's weights (a file, a folder of them, or an "
@@ -203,7 +205,11 @@ def run_methods(
     records = []
     for spec in specs:
         info = mbase.get_info(spec.key)
-        records.append(MethodRecord(spec.key, info.title, info.task, spec.variant or info.default_variant))
+        records.append(
+            MethodRecord(
+                spec.key, info.title, info.task, spec.variant or info.default_variant, variant_note=spec.variant_note
+            )
+        )
     result = RunResult(
         out_dir=out_dir,
         clip=clip,
@@ -245,6 +251,7 @@ def _run_one(
     shutil.rmtree(final_dir, ignore_errors=True)
     partial_dir.mkdir(parents=True)
     record.status = RUNNING
+    record.frames_total = clip.num_frames
     record.device = str(torch_device)
     # What was asked for, kept even if the method cannot be built; replaced by method.config() once it is.
     record.config = {
@@ -429,13 +436,13 @@ def grid_frames(result: RunResult) -> Iterator[np.ndarray]:
             vmasks.Tile(
                 vmasks.overlay(frame, prompt) if index == 0 else frame,
                 "Input" + (" + prompt" if index == 0 else ""),
-                f"frame {index + 1}/{result.clip.num_frames}",
+                f"frame {index} / {result.clip.num_frames - 1}",  # counted from 0 to the last, as the app's slider
             )
         ]
         for record in result.records:
             label_map = result.read_mask(record.key, index)
             image = vmasks.overlay(frame, label_map) if label_map is not None else frame
-            tiles.append(vmasks.Tile(image, tile_title(record), record.status_line(), ok=record.ok))
+            tiles.append(vmasks.Tile(image, tile_title(record), record.status_line(), ok=record.has_masks))
         yield vmasks.compose_grid(tiles)
 
 
@@ -599,7 +606,7 @@ def _plan_from_args(args) -> _Plan:
     if not args.clip or not args.prompt:
         raise RunError("Give a clip and its first-frame mask: python -m vos run CLIP --prompt MASK.png --out DIR")
     specs, default_weights = parse_method_specs(
-        args.methods or "all", variants=args.variant, options=args.opt, weights=args.weights
+        args.methods or "all", variants=args.variant, options=args.opt, weights=args.weights, runnable=True
     )
     return _Plan(
         clip=args.clip,
@@ -697,6 +704,8 @@ def command_run(args) -> int:
             raise vdevice.DeviceUnavailable(f"{err} ({args.from_run} records --device {plan.device}.)") from None
         raise
     vdevice.pick_dtype(plan.dtype, torch_device)
+    if not args.from_run:
+        _apply_machine_defaults(plan, args, str(torch_device))
     clip = open_clip(plan.clip, plan.limits, fps=plan.fps).with_max_side(plan.max_side)
     prompt = vmasks.read_palette_png(plan.prompt, size=clip.size)
     mbase.check_first_mask(prompt, clip.size)
@@ -705,8 +714,9 @@ def command_run(args) -> int:
 
     created = _make_parents(out_dir)
     work = None
+    cancel = threading.Event()
     try:
-        with _claimed(out_dir, created), disk_full_as_error(out_dir):
+        with _claimed(out_dir, created), disk_full_as_error(out_dir), _stop_on_interrupt(cancel):
             work = _new_work_dir(out_dir)
             result = run_methods(
                 clip,
@@ -718,6 +728,7 @@ def command_run(args) -> int:
                 weights=plan.weights,
                 ground_truth=ground_truth,
                 write_video=not args.no_video,
+                cancel=cancel,
                 settings={
                     "max_side": plan.max_side,
                     "max_frames": plan.limits.max_frames,
@@ -735,6 +746,8 @@ def command_run(args) -> int:
                 folder.rmdir()
         raise
     print(summary_table(result.records))
+    if cancel.is_set():
+        print("Stopped (Ctrl+C): every method kept the frames it finished; run.json says how far each got.")
     print(f"Run bundle: {final}")
     if archive is not None:
         # Beside the bundle and named after it, also when another run took --out meanwhile.
@@ -821,6 +834,43 @@ def _move_into_place(work: Path, out_dir: Path) -> Path:
         os.rename(work, other)
         return other
     raise AssertionError("unreachable")
+
+
+def _apply_machine_defaults(plan: _Plan, args, device: str) -> None:
+    """--max-side and --max-frames the user left out take the machine's defaults (small on a CPU), said in the log."""
+    defaults = vrunnable.machine_defaults(device)
+    applied = False
+    if args.max_side is None and defaults.max_side is not None:
+        plan.max_side, applied = defaults.max_side, True
+    if args.max_frames is None and args.max_seconds is None and defaults.max_frames is not None:
+        plan.limits = Limits(max_frames=defaults.max_frames, max_seconds=plan.limits.max_seconds)
+        applied = True
+    if applied:
+        log.warning("%s", defaults.describe())
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(cancel: threading.Event) -> Iterator[None]:
+    """The first Ctrl+C stops the run after the current frame (the bundle keeps what was done); a second one
+    aborts at once, leaving no bundle."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print(
+            "\nStopping after the current frame; the bundle keeps what is done (Ctrl+C again to abort).",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def summary_table(records: Sequence[MethodRecord]) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vos import runnable as vrunnable
 from vos.methods import base as mbase
 
 
@@ -20,6 +21,7 @@ class MethodSpec:
     variant: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # None: the run's default
+    variant_note: str | None = None  # why this variant and not the default (vos.runnable.choose_variants)
 
     def validated(self) -> MethodSpec:
         """Check key, variant and options now, before any work, so a typo fails fast with the valid values."""
@@ -27,7 +29,7 @@ class MethodSpec:
         variant = info.check_variant(self.variant)
         options = info.resolve_options(self.options)
         overridden = {k: v for k, v in options.items() if k in self.options}
-        return MethodSpec(self.key, variant, overridden, self.weights)
+        return MethodSpec(self.key, variant, overridden, self.weights, self.variant_note)
 
 
 def parse_method_specs(
@@ -36,11 +38,13 @@ def parse_method_specs(
     variants: Iterable[str] = (),
     options: Iterable[str] = (),
     weights: Iterable[str] = (),
+    runnable: bool = False,
 ) -> tuple[list[MethodSpec], str]:
     """Turn CLI strings into validated MethodSpecs and the default weights spec.
 
     methods: "all" or "k1,k2"; variants: "key=variant"; options: "key.name=value"; weights: "SPEC" (every method)
-    or "key=SPEC" (one method). Weights specs naming a file or folder must exist.
+    or "key=SPEC" (one method). Weights specs naming a file or folder must exist. ``runnable``: a method whose
+    variant is not named gets one that can run on this machine (vos.runnable), as the app does.
     """
     known = mbase.list_keys()
     if isinstance(methods, str):
@@ -51,6 +55,9 @@ def parse_method_specs(
         mbase.method_class(key)  # raises UnknownMethod with a suggestion
     specs = [MethodSpec(key) for key in keys]
     default_weights = apply_overrides(specs, variants=variants, options=options, weights=weights)
+    if runnable:
+        named = {text.partition("=")[0].strip() for text in variants}
+        vrunnable.choose_variants(specs, named, default_weights or "hub")
     return [spec.validated() for spec in specs], default_weights or "hub"
 
 

@@ -63,8 +63,34 @@ def _title(what: str, results: dict[str, Any], *notes: str) -> str:
     return _with_subtitle(what, lines)
 
 
+SUBTITLE_WIDTH = 52  # characters per subtitle line: what a phone-wide chart shows without clipping
+TITLE_WIDTH = 36  # the same for the title's larger letters
+
+
 def _with_subtitle(title: str, lines: Sequence[str]) -> str:
-    return title + "".join(f"<br><sup>{line}</sup>" for line in lines if line)
+    """The title and its subtitle lines, each wrapped at " · " (then at spaces) so a phone shows all of it."""
+    wrapped = [piece for line in lines if line for piece in _wrap(line, SUBTITLE_WIDTH)]
+    heading = "<br>".join(_wrap(title, TITLE_WIDTH))
+    return heading + "".join(f"<br><sup>{line}</sup>" for line in wrapped)
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """Greedy lines of at most ``width`` characters: whole " · " segments where they fit, else words."""
+    lines: list[str] = []
+
+    def add(piece: str, sep: str) -> None:
+        if lines and len(lines[-1]) + len(sep) + len(piece) <= width:
+            lines[-1] += sep + piece
+        else:
+            lines.append(piece)
+
+    for segment in line.split(" · "):
+        if len(segment) <= width:
+            add(segment, " · ")
+            continue
+        for index, word in enumerate(segment.split(" ")):
+            add(word, " · " if index == 0 else " ")
+    return lines
 
 
 def busy_note(results: dict[str, Any]) -> str:
@@ -421,7 +447,7 @@ def accuracy_speed_figure(
     fig.update_xaxes(title="frames per second (log)", type="log", range=x_range)
     fig.update_yaxes(title=f"{ACCURACY_METRIC} (DAVIS-style, %)", range=y_range)
     _layout(fig, _with_subtitle("Accuracy vs speed: papers (stars) and this machine (circles)", notes))
-    fig.update_layout(legend={"title": "method"}, showlegend=True, margin={"t": 120, "b": 150})
+    fig.update_layout(legend={"title": "method"}, showlegend=True, margin={"b": 150})
     return fig
 
 

@@ -223,12 +223,40 @@ HUB_RETRY_AFTER_S = 300.0
 _hub_unreachable_at: float | None = None
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+_hub_probed_at: float | None = None
+
+
+def _hub_answers() -> bool:
+    """Whether the Hub's host resolves and accepts a connection within a few seconds. Asked once before the first
+    download (and again after HUB_RETRY_AFTER_S), so a machine without network is known to be offline at once,
+    instead of after huggingface_hub's retries on the first file (about 25 s), without HF_HUB_OFFLINE."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
 def hub_download(repo: str, filename: str, revision: str | None = None) -> Path:
     """hf_hub_download with the environment's cache, offline switch and token passed explicitly."""
-    global _hub_unreachable_at
+    global _hub_unreachable_at, _hub_probed_at
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    now = time.monotonic()
+    stale = _hub_probed_at is None or now - _hub_probed_at >= HUB_RETRY_AFTER_S
+    if not offline() and _hub_unreachable_at is None and stale:
+        _hub_probed_at = now
+        if not _hub_answers():
+            _hub_unreachable_at = now
     since = None if _hub_unreachable_at is None else time.monotonic() - _hub_unreachable_at
     recently_unreachable = since is not None and since < HUB_RETRY_AFTER_S
     try:
