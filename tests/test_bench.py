@@ -365,7 +365,7 @@ def unwrapped(title: str) -> str:
 
 
 def test_subtitles_wrap_to_a_phone_width():
-    from vos.bench import SUBTITLE_WIDTH, _with_subtitle
+    from vos.bench.charts import SUBTITLE_WIDTH, _with_subtitle
 
     line = "CPU Intel(R) Xeon(R) Processor · 2 cores · 23.5 GiB RAM · torch 2.14.1+cu130 · a-very-long-note " * 2
     title = _with_subtitle("Peak memory", [line])

@@ -104,10 +104,10 @@ def test_bad_specs_say_what_is_wrong(tmp_path):
 
 
 def test_weights_list_names_the_click_engine():
-    from vos import weights as vweights
+    from vos import catalog
 
-    rows = vweights.weights_rows()
-    assert any(file_id == ce.CLICK_WEIGHTS for _, _, file_id in rows)
+    rows = catalog.weights_rows()
+    assert ("click engine (Compare page)", "-", ce.CLICK_WEIGHTS) in rows
 
 
 def test_the_image_is_encoded_when_the_clip_opens(engine):
