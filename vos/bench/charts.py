@@ -190,6 +190,20 @@ def _nudges(count: int) -> list[float]:
     return [1 + 0.025 * (i - (count - 1) / 2) for i in range(count)]
 
 
+def _measured_line(fig: go.Figure, name: str, points: Sequence[Point], values: Sequence[float], colour: str) -> None:
+    """One series' measured points as a line over the resolutions, with the point's details on hover."""
+    fig.add_scatter(
+        x=[p.resolution for p in points],
+        y=list(values),
+        mode="lines+markers",
+        name=name,
+        legendgroup=name,
+        line={"color": colour},
+        hovertext=[_hover(p) for p in points],
+        hoverinfo="text",
+    )
+
+
 def memory_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
     """Peak memory versus resolution: one line per method · variant; out-of-memory, timeouts and failures marked
     (at the memory they had reached when known, else above the highest point); CUDA's reserved peak dotted."""
@@ -204,16 +218,7 @@ def memory_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
     cuda = str(results["settings"]["device"]).startswith("cuda")
     for name, points in grouped.items():
         ok = [p for p in points if p.ok]
-        fig.add_scatter(
-            x=[p.resolution for p in ok],
-            y=[p.peak_memory_mib for p in ok],
-            mode="lines+markers",
-            name=name,
-            legendgroup=name,
-            line={"color": colours[name]},
-            hovertext=[_hover(p) for p in ok],
-            hoverinfo="text",
-        )
+        _measured_line(fig, name, ok, [p.peak_memory_mib for p in ok], colours[name])
         if cuda and any(p.reserved_memory_mib for p in ok):
             fig.add_scatter(
                 x=[p.resolution for p in ok],
@@ -278,16 +283,7 @@ def fps_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
     fig = go.Figure()
     for name, points in grouped.items():
         ok = [p for p in points if p.ok and p.fps]
-        fig.add_scatter(
-            x=[p.resolution for p in ok],
-            y=[p.fps for p in ok],
-            mode="lines+markers",
-            name=name,
-            legendgroup=name,
-            line={"color": colours[name]},
-            hovertext=[_hover(p) for p in ok],
-            hoverinfo="text",
-        )
+        _measured_line(fig, name, ok, [p.fps for p in ok], colours[name])
         _failure_markers(fig, points, colours[name], name, lambda p: bottom, nudge=nudges[name])
     fig.update_yaxes(title="frames per second", type="log" if log_y else "linear")
     _resolution_axis(fig, results)

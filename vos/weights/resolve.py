@@ -117,20 +117,25 @@ def resolve_file(
                 item, official, method=method, variant=variant, part=part, expected=expected, layout=layout
             )
 
+        def unmatched(folder: Path) -> OfficialFolderUnmatched:
+            """The authors' folder is here but names no file of ours: the caller picks one by key layout."""
+            note = f"downloaded to {folder}; the file is picked by key layout"
+            return OfficialFolderUnmatched(
+                folder,
+                file_id=file_id,
+                filename=item.hub_file,
+                tried=[*tried, (f"official {label}", note)],
+                method=method,
+                variant=variant,
+                part=part,
+            )
+
         done = official_path(item)
         folder = official_dir(item)
         if done is not None and done.is_file():
             return convert(done)
         if done is None and folder_complete(folder):
-            raise OfficialFolderUnmatched(
-                folder,
-                file_id=file_id,
-                filename=item.hub_file,
-                tried=[*tried, (f"official {label}", f"downloaded to {folder}; the file is picked by key layout")],
-                method=method,
-                variant=variant,
-                part=part,
-            )
+            raise unmatched(folder)
         partial = f" (partly downloaded to {folder}: the download was cut)" if done is None and folder.is_dir() else ""
         if offline():
             tried.append((f"official {label}", f"not downloaded{partial}: offline (HF_HUB_OFFLINE is set)"))
@@ -144,15 +149,7 @@ def resolve_file(
             else:
                 if got.is_file():
                     return convert(got)
-                raise OfficialFolderUnmatched(
-                    got,
-                    file_id=file_id,
-                    filename=item.hub_file,
-                    tried=[*tried, (f"official {label}", f"downloaded to {got}; the file is picked by key layout")],
-                    method=method,
-                    variant=variant,
-                    part=part,
-                )
+                raise unmatched(got)
     raise WeightsUnavailable(
         file_id=file_id, filename=item.hub_file, tried=tried, method=method, variant=variant, part=part, hint=hint
     )
