@@ -42,6 +42,8 @@ far slower than the machine alone and only their ratios mean something.
 - 480x854 (padded 480x864, 1620 tokens a frame), three frames: peak 1.62 GB (the release: 3.8 GB); frame 1
   ([first ; search]) 61 s, frame 2 ([first ; previous ; search]) 90 s.
 - 1080x1920 (padded 1088x1920, 8160 tokens a frame), frames 0 and 1: peak 2.39 GB (frame 1: 20 minutes).
+- Measured again with the machine to itself (2026-12-07, one other test process at times): 480x854, three
+  frames: frame 1 8.7 s, frame 2 19.1 s, peak 1.55 GB; the release takes 79 s a frame and 3.8 GB there.
 - One ViT-B block over 4860 tokens (480p, three frames), the two runs interleaved: fused attention 13.8 s, the
   release's explicit product 34.8 s (and 2.3 GB more for the scores and their softmax); they differ by 7e-7.
 """
