@@ -59,6 +59,8 @@ own):
   1.65 GB (VmHWM; 0.90 GB of it is the process before segmenting: Python, torch, the network), CPU time
   225 s (user 201 s + system 23 s), wall 24 min 48 s at ~16% of the CPU. Under half the release's memory; the
   CPU time alone is below the release's wall time, so on an unshared machine (two threads) it is faster.
+  Measured again at the end of that session with the machine (nearly) to itself: 102.7 s wall for the 21 frames,
+  peak 1.55 GB (against the release's 400 s and 5.6 GB).
 - One window of a 100-frame clip at 320x480 (N = 3 x 2400 query tokens over M = 10 x 2400 key tokens): 2.1 GB above
   the process's baseline at its peak (attention 12 s CPU, clustering 81 s CPU). A 100-frame 480p clip at the
   default working size therefore peaks near 0.9 + 0.4 (keys of all frames) + 2.1 + centroids = ~3.5 GB; at a
