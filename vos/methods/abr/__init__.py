@@ -18,7 +18,8 @@ What differs from the release:
   overlaps its predecessor; elsewhere an extra pass centred on the boundary is aligned first and bridges the two
   (``oclr.propose``). That costs about one more OCLR pass per 30 frames.
 - Flow resolution (option ``flow``): ``full`` is the release's path (RAFT at the frame's resolution);
-  ``reduced`` (default) runs RAFT at 256x448, about 10x cheaper at 480p, for a nearly identical OCLR input.
+  ``reduced`` (default) runs RAFT at 256x448, about 4x cheaper at 480p (2.0 s vs 7.9 s a frame pair on a
+  2-core CPU), for a nearly identical OCLR input.
 - Memory: attention runs through ``scaled_dot_product_attention`` with a boolean mask, 2048 query rows at a
   time (``vos.nn.attend``), so the selector's (112 T)^2 scores per layer are never held whole. Measured on CPU
   with random weights: the selector over a 100-frame clip peaks at 2.6 GB resident, the whole refinement (DINO,
@@ -146,9 +147,9 @@ INFO = MethodInfo(
             "flow",
             str,
             flow_mod.REDUCED_MODE,
-            "Where RAFT runs. reduced: at 256x448 (OCLR sees 128x224 anyway), about 10x cheaper at 480p "
-            "(spec, CPU: 0.8 s per frame pair at 128x224 vs 40.8 s at 480x856). full: at the frame's resolution, "
-            "padded to a multiple of 8 and never unpadded, exactly the release's flow.",
+            "Where RAFT runs. reduced: at 256x448 (OCLR sees 128x224 anyway), about 4x cheaper at 480p "
+            "(measured on a 2-core CPU, random weights: 2.0 s per frame pair vs 7.9 s at 480x854). full: at the "
+            "frame's resolution, padded to a multiple of 8 and never unpadded, exactly the release's flow.",
             choices=(flow_mod.REDUCED_MODE, flow_mod.FULL),
         ),
         Option(

@@ -6,10 +6,11 @@ after a name mapping), so the network is torchvision's ``raft_large`` and the we
 Two ways to run it (option ``flow``):
 - ``full``: the release's path. RAFT at the frame's full resolution, replicate-padded (centred) to a multiple of 8
   and never unpadded: the flow is resized from the PADDED size and scaled by 224 / padded width and 128 / padded
-  height. On the spec's CPU measurement: 40.8 s per frame pair at 480x856.
+  height. Measured here (2-core CPU, random weights, 20 iterations): 7.9 s per frame pair at 480x854 (the spec
+  measured the release at 40.8 s on its CPU).
 - ``reduced`` (default): RAFT at 256x448 (frames larger than that are resized with INTER_AREA first), then the
-  same resize to 128x224. OCLR sees 128x224 either way; 0.8 s per pair at 128x224 on the same CPU, about 10x
-  cheaper than full at 480p. Frames no larger than 256x448 run at their own size (padded), as in ``full``.
+  same resize to 128x224. OCLR sees 128x224 either way; 2.0 s per pair measured here, about 4x cheaper than full
+  at 480p. Frames no larger than 256x448 run at their own size (padded), as in ``full``.
 - Either way, a side under 128 px is upsampled to 128 first: torchvision's RAFT refuses smaller inputs (the
   original RAFT would run on them; such clips are far below what the release was evaluated on).
 """
