@@ -446,10 +446,13 @@ class Method(ABC):
 
     def report(self, stage: str, done: int, total: int) -> None:
         """Tell the caller how far the method got (``"flow", 12, 80``); raises ``Stopped`` if it asked to stop."""
-        self._last = Progress(stage, done, total)
-        if self._progress is not None:
-            self._progress(self._last)
+        self._tell(Progress(stage, done, total))
         self.check_stop()
+
+    def _tell(self, progress: Progress) -> None:
+        self._last = progress
+        if self._progress is not None:
+            self._progress(progress)
 
     def check_stop(self) -> None:
         """Raise ``Stopped`` when the caller asked to stop; call it inside long loops that do not report."""
@@ -500,9 +503,7 @@ class Method(ABC):
         try:
             for index, label_map in enumerate(frames):
                 check_label_map(label_map, clip.size, self.info.title, index)
-                self._last = Progress(FRAME_STAGE, index + 1, clip.num_frames)
-                if self._progress is not None:
-                    self._progress(self._last)
+                self._tell(Progress(FRAME_STAGE, index + 1, clip.num_frames))
                 yield label_map
                 self.check_stop()  # after the frame is out: a stop keeps every finished frame
         finally:
