@@ -187,18 +187,32 @@ def test_chunked_propagation_equals_one_matrix_exactly(grid, count):
     single = _row_blocks_mm(weighted, labels)
     whole = tvos.propagate(target, references, labels, sigmas, grid, chunk_size=0, **kwargs)
     assert whole.shape == (cells, 4) and whole.dtype == torch.float32
-    assert torch.equal(whole, single)
+    # The chunk size changes nothing, to the last bit: products run on ROW_BLOCK rows, the rest is per row.
     for chunk in (1, 256, 300, 512, 768, 10_000):
         chunked = tvos.propagate(target, references, labels, sigmas, grid, chunk_size=chunk, **kwargs)
-        assert torch.equal(chunked, single), chunk
-    # The products above run on ROW_BLOCK rows at a time, as propagate's do. One product over all HW rows may pick
-    # another BLAS kernel (by matrix size) whose summation order differs in the last bits (here <= 1e-6
-    # relative), so against truly single products, and the release's column layout, the scores are only close.
+        assert torch.equal(chunked, whole), chunk
+    # The softmax is accumulated frame by frame with a running maximum, so against the plain matrix (and against
+    # one product over all rows, and the release's column layout) the scores agree up to float rounding.
+    torch.testing.assert_close(whole, single, rtol=1e-5, atol=1e-7)
     one_product = (torch.softmax(target @ references * 0.7, dim=1) * _spatial_weights(grid, sigmas)) @ labels
     torch.testing.assert_close(whole, one_product, rtol=1e-5, atol=1e-7)
     reference = _release_order_dense(target, references, labels, sigmas, grid, 0.7)
     torch.testing.assert_close(whole, reference, rtol=1e-5, atol=1e-6)
     assert torch.equal(whole.argmax(1), reference.argmax(1))
+
+
+def test_running_softmax_survives_logits_that_overflow_a_plain_exponent():
+    # Logits near 1000 (exp overflows float32) and a later frame whose maximum exceeds the first frame's by far:
+    # the running maximum must rescale what was accumulated, never produce inf or NaN.
+    grid = (3, 4)
+    cells = 12
+    target = torch.full((cells, 1), 10.0)
+    references = torch.cat([torch.full((1, cells), 90.0), torch.full((1, cells), 100.0)], dim=1)
+    labels = torch.cat([torch.tensor([[1.0, 0.0]]).repeat(cells, 1), torch.tensor([[0.0, 1.0]]).repeat(cells, 1)])
+    scores = tvos.propagate(target, references, labels, [1e6, 1e6], grid, chunk_size=0)
+    assert torch.isfinite(scores).all()
+    # softmax weights: frame 0 exp(900 - 1000) ~ 0, frame 1 1/12 each; the prior is ~1 at sigma 1e6.
+    torch.testing.assert_close(scores, torch.tensor([[0.0, 1.0]]).repeat(cells, 1), atol=1e-6, rtol=1e-6)
 
 
 def test_spatial_weight_is_applied_after_the_softmax_without_renormalising():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -87,8 +89,54 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 def free_memory(device: torch.device | None = None) -> None:
     gc.collect()
+    release_freed_memory()
     if torch.cuda.is_available() and (device is None or device.type == "cuda"):
         torch.cuda.empty_cache()
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses more on 64-bit
+_TRIM_THRESHOLD = 2 << 30
+
+
+@functools.cache
+def _glibc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl and others: nothing to tune
+        return None
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed blocks of up to 32 MB instead of returning them to the kernel at once.
+
+    By default glibc maps large blocks afresh and unmaps them on free, so every large temporary (a 20 MB CRF
+    message, a tvos affinity tile) is paid again in page faults on first touch, which in this project's VMs cost
+    more than the arithmetic: the mixture's CRF training ran 20% faster with this. Peak memory is unchanged; what is
+    kept is given back by ``release_freed_memory`` (the memory probe calls it, so a method's baseline is honest).
+    Returns False where there is no glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free memory back to the kernel (glibc's malloc_trim); a no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def cpu_model() -> str:
@@ -186,6 +234,7 @@ def memory_probe(device: torch.device) -> Iterator[PeakMemory]:
             result.peak_bytes = torch.cuda.max_memory_allocated(device)
             result.reserved_bytes = torch.cuda.max_memory_reserved(device)
         return
+    release_freed_memory()
     sampler = _RssSampler()
     result = PeakMemory("cpu_rss", baseline_bytes=sampler.peak)
     sampler.start()

@@ -415,6 +415,8 @@ class Method(ABC):
 
         self.variant = self.info.check_variant(variant)
         self.device = vdevice.pick_device(device)
+        if self.device.type == "cpu":
+            vdevice.keep_freed_memory()
         self.dtype = vdevice.pick_dtype(dtype, self.device)
         self.weights = str(weights)
         self.options: dict[str, Any] = self.info.resolve_options(options)

@@ -273,7 +273,7 @@ def propagate(
     grid: tuple[int, int],
     *,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = ROW_BLOCK,
 ) -> Tensor:
     """Label scores of the target frame's cells from its references.
 
@@ -282,7 +282,14 @@ def propagate(
     labels: (N*HW, D) their labels (soft for frame 0, one-hot after).
     sigmas: N spatial prior widths, in cells, one per reference frame.
     Returns (HW, D) float32 scores: softmax over all N*HW reference cells of temperature * <f_ref, f_target>, times
-    exp(-|loc_ref - loc_target|^2 / sigma^2), summed against the labels. ``chunk_size`` target cells at a time.
+    exp(-|loc_ref - loc_target|^2 / sigma^2), summed against the labels.
+
+    The (HW x N*HW) affinity is never held: ``chunk_size`` target cells at a time meet one reference frame at a
+    time, and the softmax is accumulated across frames with a running maximum (the online softmax of
+    flash attention): every element is read once while it is in cache, instead of one pass over a 1.5 GB matrix
+    (at 480p) for each of product, temperature, softmax, prior and label sum. Products run on blocks of exactly
+    ``ROW_BLOCK`` target cells and every other operation is per row, so the scores do not depend on ``chunk_size``.
+    Features may be bf16/fp16 (the products run in that precision); everything after the product is fp32.
     """
     h, w = grid
     cells = h * w
@@ -297,40 +304,40 @@ def propagate(
     padded = target.new_zeros(rows, target.shape[1])  # zero rows: harmless, their scores are dropped
     padded[:cells] = target
     chunk = rows if chunk_size <= 0 else min(rows, -(-chunk_size // ROW_BLOCK) * ROW_BLOCK)
+    labels = labels.float()
 
     index = torch.arange(rows, device=device)
     target_row, target_col = (index // w).float(), (index % w).float()
     ref_row, ref_col = target_row[:cells], target_col[:cells]  # the same grid: frames share one size
-    runs = _equal_runs(sigmas)
+    widths = sorted(set(sigmas))
 
     scores = torch.empty(rows, labels.shape[1], dtype=torch.float32, device=device)
+    affinity = torch.empty(chunk, cells, dtype=padded.dtype, device=device)
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
-        affinity = rowblock_mm(padded[start:stop], references, block=ROW_BLOCK)
-        affinity.mul_(temperature)
-        weights = torch.softmax(affinity, dim=1, dtype=torch.float32)  # one softmax over every reference cell
-        del affinity
+        n = stop - start
         distance = (target_row[start:stop, None] - ref_row).square_() + (
             target_col[start:stop, None] - ref_col
         ).square_()
-        per_frame = weights.view(stop - start, count, cells)
-        for sigma, first, last in runs:
-            per_frame[:, first:last].mul_(torch.exp(-distance / sigma**2).unsqueeze(1))  # after the softmax
+        prior = {sigma: torch.exp(-distance / sigma**2) for sigma in widths}  # one per width, not per frame
         del distance
-        rowblock_mm(weights, labels, block=ROW_BLOCK, out=scores[start:stop])
-        del weights
+        running_max = torch.full((n, 1), -math.inf, device=device)
+        total = torch.zeros(n, 1, device=device)
+        acc = scores[start:stop].zero_()
+        for frame, sigma in enumerate(sigmas):
+            columns = slice(frame * cells, (frame + 1) * cells)
+            logits = rowblock_mm(padded[start:stop], references[:, columns], block=ROW_BLOCK, out=affinity[:n])
+            logits = logits.float() if logits.dtype != torch.float32 else logits
+            logits.mul_(temperature)
+            new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
+            rescale = torch.exp(running_max - new_max)  # 0 on the first frame (exp(-inf))
+            logits.sub_(new_max).exp_()
+            total.mul_(rescale).add_(logits.sum(dim=1, keepdim=True))
+            logits.mul_(prior[sigma])  # after the softmax's exponent, before its normalisation: not renormalised
+            acc.mul_(rescale).add_(rowblock_mm(logits, labels[columns], block=ROW_BLOCK))
+            running_max = new_max
+        acc.div_(total)
     return scores[:cells]
-
-
-def _equal_runs(values: Sequence[float]) -> list[tuple[float, int, int]]:
-    """(value, first, last) for each run of equal consecutive values."""
-    runs: list[tuple[float, int, int]] = []
-    for i, value in enumerate(values):
-        if runs and runs[-1][0] == value:
-            runs[-1] = (value, runs[-1][1], i + 1)
-        else:
-            runs.append((value, i, i + 1))
-    return runs
 
 
 class History:

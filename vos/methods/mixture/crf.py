@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 KERNEL = 5
+OFFSETS = [(u, v) for u in range(KERNEL) for v in range(KERNEL)]  # row-major, as unfold orders a 5x5 window
 DILATIONS = (64, 16, 1)  # m0, m1: class-to-class; m2: Potts
 PAIRWISE_SIGNS = (1.0, 1.0, -1.0)  # logQ -= msg * sign
 UNARY_SCALE = 5.0
@@ -79,39 +80,43 @@ class PacCrf(nn.Module):
         self.feat_scales = nn.Parameter(torch.tensor([scales] * len(DILATIONS)))  # (3, 5)
 
     def kernels(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Per pairwise term, K(p, p + dil*(u,v)) as (1, 1, 5, 5, H, W)."""
+        """Per pairwise term, K(p, p + dil*o) as (25, H, W) from a (1, 3, H, W) image.
+
+        ||f(p) - f(q)||^2 is taken as sum_i (x_i(p) - x_i(q))^2 / s_i^2: the squared differences do not depend on
+        the learnable scales, so they are computed once, without autograd, and only 1/s^2 is differentiated."""
         h, w = image.shape[-2:]
-        rows, cols = torch.meshgrid(
-            torch.arange(h, device=image.device, dtype=torch.float32),
-            torch.arange(w, device=image.device, dtype=torch.float32),
-            indexing="ij",
-        )
-        mesh = torch.stack([rows, cols])[None]
         out = []
         for scales, dil in zip(self.feat_scales, DILATIONS):
-            feat = torch.cat(
-                [mesh * (1.0 / scales[:2].view(-1, 1, 1)), image * (1.0 / scales[2:].view(-1, 1, 1))], dim=1
+            with torch.no_grad():
+                colour_diff = squared_colour_differences(image[0], dil)
+            steps = torch.tensor(
+                [[(dil * (u - KERNEL // 2)) ** 2, (dil * (v - KERNEL // 2)) ** 2] for u, v in OFFSETS],
+                dtype=scales.dtype,
+                device=image.device,
             )
-            cols_ = _unfold(feat, dil)  # (1, 5, 5, 5, H, W)
-            centre = cols_[:, :, KERNEL // 2 : KERNEL // 2 + 1, KERNEL // 2 : KERNEL // 2 + 1]
-            out.append(torch.exp(-0.5 * (cols_ - centre).pow(2).sum(dim=1, keepdim=True)))
+            inverse = scales.pow(-2)
+            distance = torch.tensordot(inverse[2:], colour_diff, dims=1) + (steps @ inverse[:2]).view(-1, 1, 1)
+            out.append(torch.exp(-0.5 * distance))
         return out
 
     def forward(self, unary: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         n, c, h, w = unary.shape
-        kernels = [k.view(1, 1, KERNEL * KERNEL, h * w) for k in self.kernels(image)]
+        if n != 1:
+            raise ValueError(f"PacCrf refines one frame at a time, got a batch of {n}.")
+        kernels = self.kernels(image)
+        potts_mask = torch.eye(c, device=unary.device).unsqueeze(-1)  # one filter for every class, none across
         unary = unary * UNARY_SCALE
         log_q = unary
         for step in range(self.num_steps):
-            q = F.softmax(log_q, dim=1)
+            q = F.softmax(log_q, dim=1)[0]
             log_q = unary * self.unary_weight[step]
             for term, (kernel, dil, sign) in enumerate(zip(kernels, DILATIONS, PAIRWISE_SIGNS)):
-                weighted = _unfold(q, dil).view(c, KERNEL * KERNEL, h * w) * kernel[0]  # (C, 25, HW)
                 if term < 2:  # sum over (c', u, v) of W[c, c', u, v] * K * Q_c'
-                    msg = self.class_weight[step, term].reshape(c, -1) @ weighted.reshape(-1, h * w)
-                else:  # one filter for every class
-                    msg = (self.potts_weight[step].reshape(1, 1, -1) @ weighted).reshape(c, h * w)
-                log_q = log_q - msg.view(n, c, h, w) * sign
+                    weight = self.class_weight[step, term].reshape(c, c, len(OFFSETS))
+                else:
+                    weight = potts_mask * self.potts_weight[step].reshape(1, 1, -1)
+                msg = _PacMessage.apply(q, kernel, weight, dil)
+                log_q = log_q - msg.unsqueeze(0) * sign
         return log_q
 
     def fit(
@@ -146,11 +151,75 @@ class PacCrf(nn.Module):
         return losses
 
 
-def _unfold(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    """(1, C, H, W) -> (1, C, 5, 5, H, W) neighbours at ``dilation``, zero outside the frame."""
-    n, c, h, w = x.shape
-    cols = F.unfold(x, KERNEL, dilation=dilation, padding=(KERNEL // 2) * dilation)
-    return cols.view(n, c, KERNEL, KERNEL, h, w)
+def _window(padded: torch.Tensor, offset: tuple[int, int], dilation: int, size: tuple[int, int]) -> torch.Tensor:
+    """The view of a frame padded by 2*dilation whose pixel p is the original's p + dilation*(u-2, v-2)."""
+    u, v = offset
+    h, w = size
+    return padded[..., u * dilation : u * dilation + h, v * dilation : v * dilation + w]
+
+
+def _pad(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    reach = (KERNEL // 2) * dilation
+    return F.pad(x, (reach, reach, reach, reach))
+
+
+class _PacMessage(torch.autograd.Function):
+    """m[c, p] = sum_{c', o} W[c, c', o] K[o, p] Q[c', p + dil * o] with Q zero outside the frame.
+
+    Written as 25 shifted views of the padded Q instead of an unfold: im2col and its backward (col2im) with a
+    dilation of 64 were most of the CRF's training time, while a shifted view costs one pass over one frame.
+    q: (C, H, W); kernel: (25, H, W); weight: (Cout, C, 25). Returns (Cout, H, W).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+        c, h, w = q.shape
+        padded = _pad(q, dilation)
+        products = q.new_empty(c, len(OFFSETS), h, w)
+        for o, offset in enumerate(OFFSETS):
+            torch.mul(_window(padded, offset, dilation, (h, w)), kernel[o], out=products[:, o])
+        out = weight.reshape(weight.shape[0], -1) @ products.view(-1, h * w)
+        ctx.save_for_backward(padded, kernel, weight, products)
+        ctx.dilation = dilation
+        return out.view(-1, h, w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        padded, kernel, weight, products = ctx.saved_tensors
+        dilation = ctx.dilation
+        c, taps, h, w = products.shape
+        grad = grad.reshape(grad.shape[0], h * w)
+        grad_weight = (grad @ products.view(-1, h * w).t()).view_as(weight)
+        mixed = _outer_sum(weight.reshape(weight.shape[0], -1).t(), grad).view(c, taps, h, w)  # dm/d(K Q) per c', o
+        grad_kernel = torch.empty_like(kernel)
+        grad_padded = torch.zeros_like(padded)
+        for o, offset in enumerate(OFFSETS):
+            window = _window(padded, offset, dilation, (h, w))
+            torch.sum(mixed[:, o] * window, dim=0, out=grad_kernel[o])
+            _window(grad_padded, offset, dilation, (h, w)).add_(mixed[:, o] * kernel[o])
+        reach = (KERNEL // 2) * dilation
+        return grad_padded[:, reach : reach + h, reach : reach + w], grad_kernel, grad_weight, None
+
+
+def _outer_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (m, k) @ b (k, n) for a tiny k (the number of classes) as k broadcast products: BLAS's kernels for an inner
+    dimension of 2 or 3 ran ~20x slower than the memory traffic allows here."""
+    out = a[:, :1] * b[:1]
+    for i in range(1, a.shape[1]):
+        out.addcmul_(a[:, i : i + 1], b[i : i + 1])
+    return out
+
+
+def squared_colour_differences(image: torch.Tensor, dilation: int) -> torch.Tensor:
+    """(I_c(p) - I_c(p + dil*o))^2 for the 25 offsets o: (3, 25, H, W) from a (3, H, W) image.
+
+    Outside the frame the value is meaningless and harmless: Q is zero there, so the kernel never counts."""
+    c, h, w = image.shape
+    padded = _pad(image, dilation)
+    out = image.new_empty(c, len(OFFSETS), h, w)
+    for o, offset in enumerate(OFFSETS):
+        torch.sub(_window(padded, offset, dilation, (h, w)), image, out=out[:, o])
+    return out.square_()
 
 
 def dual_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
