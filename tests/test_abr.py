@@ -104,13 +104,133 @@ def test_official_names_the_spec_and_release_use_are_produced():
     assert "rgbglobalcorrector.transdec.slots_embedding.weight" in corrector_names
 
 
-def test_raft_file_from_torchvision_loads_as_it_is_and_the_original_is_refused_with_the_fix():
+def test_raft_file_from_torchvision_loads_as_it_is():
     with torch.device("meta"):
         raft = flow.build_raft()
     state = raft.state_dict()
     assert abr.convert_raft({"model": state}).keys() == state.keys()
-    with pytest.raises(ValueError, match="raft_large_C_T_V1"):
-        abr.convert_raft({"module.fnet.conv1.weight": torch.zeros(1), "module.cnet.conv1.weight": torch.zeros(1)})
+
+
+# torchvision raft_large name -> princeton-vl RAFT name, written out from core/extractor.py and core/update.py of
+# the original (independent of the converter's rules).
+_ORIGINAL_UPDATE_NAMES = {
+    "update_block.motion_encoder.convcorr1.0.": "update_block.encoder.convc1.",
+    "update_block.motion_encoder.convcorr2.0.": "update_block.encoder.convc2.",
+    "update_block.motion_encoder.convflow1.0.": "update_block.encoder.convf1.",
+    "update_block.motion_encoder.convflow2.0.": "update_block.encoder.convf2.",
+    "update_block.motion_encoder.conv.0.": "update_block.encoder.conv.",
+    "update_block.recurrent_block.convgru1.convz.": "update_block.gru.convz1.",
+    "update_block.recurrent_block.convgru1.convr.": "update_block.gru.convr1.",
+    "update_block.recurrent_block.convgru1.convq.": "update_block.gru.convq1.",
+    "update_block.recurrent_block.convgru2.convz.": "update_block.gru.convz2.",
+    "update_block.recurrent_block.convgru2.convr.": "update_block.gru.convr2.",
+    "update_block.recurrent_block.convgru2.convq.": "update_block.gru.convq2.",
+    "update_block.flow_head.conv1.": "update_block.flow_head.conv1.",
+    "update_block.flow_head.conv2.": "update_block.flow_head.conv2.",
+    "mask_predictor.convrelu.0.": "update_block.mask.0.",
+    "mask_predictor.conv.": "update_block.mask.2.",
+}
+
+
+def _original_raft_names() -> dict[str, str]:
+    table = dict(_ORIGINAL_UPDATE_NAMES)
+    for ours, theirs in (("feature_encoder", "fnet"), ("context_encoder", "cnet")):
+        table[f"{ours}.convnormrelu.0."] = f"{theirs}.conv1."
+        table[f"{ours}.convnormrelu.1."] = f"{theirs}.norm1."
+        table[f"{ours}.conv."] = f"{theirs}.conv2."
+        for layer in (1, 2, 3):
+            for block in (0, 1):
+                for n in (1, 2):
+                    table[f"{ours}.layer{layer}.{block}.convnormrelu{n}.0."] = f"{theirs}.layer{layer}.{block}.conv{n}."
+                    table[f"{ours}.layer{layer}.{block}.convnormrelu{n}.1."] = f"{theirs}.layer{layer}.{block}.norm{n}."
+            for n in (0, 1):
+                table[f"{ours}.layer{layer}.0.downsample.{n}."] = f"{theirs}.layer{layer}.0.downsample.{n}."
+    return table
+
+
+def _random_raft() -> torch.nn.Module:
+    torch.manual_seed(0)
+    raft = flow.build_raft().eval()
+    with torch.no_grad():
+        for name, tensor in raft.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape) + 0.5)
+            elif name.endswith("num_batches_tracked"):
+                tensor.fill_(1234)
+            else:
+                tensor.copy_(torch.randn(tensor.shape) * 0.05)
+    return raft
+
+
+def _as_original_file(raft: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """raft_large's tensors under the original's names, with DataParallel's prefix and the original's second name
+    (norm3) of each strided block's downsample norm."""
+    table = _original_raft_names()
+    original = {}
+    for name, tensor in raft.state_dict().items():
+        prefix = next(p for p in table if name.startswith(p))
+        original[table[prefix] + name[len(prefix) :]] = tensor.clone()
+    for key in [k for k in original if k.startswith("cnet.") and ".downsample.1." in k]:
+        original[key.replace(".downsample.1.", ".norm3.")] = original[key]
+    return {"module." + key: value for key, value in original.items()}
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_original_raft_things_file_loads_through_the_weights_path(tmp_path, as_folder):
+    from vos import weights as vweights
+
+    source = _random_raft()
+    original = _as_original_file(source)
+    assert "module.cnet.layer2.0.norm3.running_mean" in original and "module.fnet.conv1.weight" in original
+    path = tmp_path / "raft-things.pth"
+    torch.save(original, path)
+
+    target = flow.build_raft().eval()
+    spec = str(tmp_path if as_folder else path)
+    record = vweights.load_into(
+        target, spec, method="abr", variant="davis17m", part="raft", parts=abr.INFO.parts("davis17m")
+    )
+    assert record["converted"] and record["path"] == str(path)
+    expected, loaded = source.state_dict(), target.state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
+
+    torch.manual_seed(1)
+    first, second = torch.rand(2, 1, 3, 128, 128) * 2 - 1
+    with torch.inference_mode():
+        assert torch.equal(target(first, second, num_flow_updates=3)[-1], source(first, second, num_flow_updates=3)[-1])
+
+
+def test_original_raft_without_batch_counters_and_with_a_stray_key():
+    original = {k.removeprefix("module."): v for k, v in _as_original_file(_random_raft()).items()}
+    old = {k: v for k, v in original.items() if not k.endswith("num_batches_tracked")}
+    converted = abr.convert_raft(old)
+    assert converted["context_encoder.convnormrelu.1.num_batches_tracked"].item() == 0
+    with pytest.raises(ValueError, match="not in the original RAFT"):
+        abr.convert_raft({**original, "fnet.layer4.0.conv1.weight": torch.zeros(1)})
+    broken = dict(original)
+    broken["cnet.layer3.0.norm3.weight"] = torch.zeros_like(broken["cnet.layer3.0.norm3.weight"])
+    with pytest.raises(ValueError, match=r"cnet.layer3.0.norm3.weight differs from cnet.layer3.0.downsample.1.weight"):
+        abr.convert_raft(broken)
+
+
+def test_a_file_in_neither_raft_layout_is_refused_clearly(tmp_path):
+    from vos import weights as vweights
+
+    with pytest.raises(ValueError, match="neither the original RAFT layout"):
+        abr.convert_raft({"module.encoder.conv1.weight": torch.zeros(1)})
+    path = tmp_path / "raft-things.pth"
+    torch.save({"model_state_dict": {"encoder.conv1.weight": torch.zeros(2, 3)}}, path)
+    with pytest.raises(vweights.ConversionError, match="neither the original RAFT layout"):
+        vweights.load_into(
+            flow.build_raft(),
+            str(path),
+            method="abr",
+            variant="davis17m",
+            part="raft",
+            parts=abr.INFO.parts("davis17m"),
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -178,8 +178,6 @@ INFO = MethodInfo(
 # inside a ``conv_block`` Sequential; ours are ``conv1`` / ``conv2`` of the shared ConvBlock.
 _CONV_BLOCK = re.compile(r"\.conv_block\.[A-Za-z0-9_]*?conv([12])\.weight$")
 _SELECTOR_PREFIX = "selector."
-# Keys only the original princeton-vl RAFT file has (torchvision's are feature_encoder., context_encoder., ...).
-_ORIGINAL_RAFT = ("fnet.", "cnet.", "update_block.encoder.", "update_block.gru.")
 
 
 def convert_official(checkpoint: Any) -> dict[str, torch.Tensor]:
@@ -194,17 +192,21 @@ def convert_official(checkpoint: Any) -> dict[str, torch.Tensor]:
 
 
 def convert_raft(checkpoint: Any) -> dict[str, torch.Tensor]:
-    """torchvision's RAFT file (raft_large_C_T_V1-22a6c225.pth) loads as it is. The original raft-things.pth holds
-    the same weights under other names; no mapping is taken on here, so that file is refused with the one to use."""
+    """Either published copy of raft-things -> torchvision's ``raft_large`` names: torchvision's file
+    (raft_large_C_T_V1-22a6c225.pth) as it is, the princeton-vl original (raft-things.pth, DataParallel's
+    ``module.`` prefix) renamed by ``flow.convert_original_raft``."""
     from vos.weights import unwrap_state_dict
 
     state = unwrap_state_dict(checkpoint)
-    if any(key.startswith(_ORIGINAL_RAFT) for key in state):
-        raise ValueError(
-            "this is the original princeton-vl raft-things file, whose key names are not mapped here; use "
-            "torchvision's copy of the same weights: https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
-        )
-    return state
+    if flow_mod.is_original_raft(state):
+        return flow_mod.convert_original_raft(state)
+    if flow_mod.is_torchvision_raft(state):
+        return state
+    raise ValueError(
+        "neither the original RAFT layout (module.fnet / cnet / update_block.gru ...) nor torchvision's raft_large "
+        "(feature_encoder / context_encoder / update_block.recurrent_block ...); use raft-things.pth from "
+        "princeton-vl or https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
