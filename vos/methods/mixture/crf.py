@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vos.nn_utils import neighbours
+
 KERNEL = 5
 DILATIONS = (64, 16, 1)  # m0, m1: class-to-class; m2: Potts
 PAIRWISE_SIGNS = (1.0, 1.0, -1.0)  # logQ -= msg * sign
@@ -148,9 +150,7 @@ class PacCrf(nn.Module):
 
 def _unfold(x: torch.Tensor, dilation: int) -> torch.Tensor:
     """(1, C, H, W) -> (1, C, 5, 5, H, W) neighbours at ``dilation``, zero outside the frame."""
-    n, c, h, w = x.shape
-    cols = F.unfold(x, KERNEL, dilation=dilation, padding=(KERNEL // 2) * dilation)
-    return cols.view(n, c, KERNEL, KERNEL, h, w)
+    return neighbours(x, KERNEL, dilation)
 
 
 def dual_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
