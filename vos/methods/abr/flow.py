@@ -19,6 +19,7 @@ Two ways to run it (option ``flow``):
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 
@@ -186,8 +187,10 @@ def compute_flows(
     gap: int,
     device: torch.device,
     report: Callable[[int, int], None] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Tensor:
-    """uint8 RGB frames (all one size) -> (T, 4, 128, 224) float32 flows on ``device``."""
+    """uint8 RGB frames (all one size) -> (T, 4, 128, 224) float32 flows on ``device`` (``autocast()`` around
+    each RAFT batch; the flows are float32 whatever it computes in)."""
     num_frames = len(frames)
     size = raft_size(frames[0].shape[:2], mode)
     images = [raft_input(frame, size) for frame in frames]
@@ -200,7 +203,9 @@ def compute_flows(
         batch = pairs[start : start + PAIRS_PER_BATCH]
         first = torch.stack([images[a] for a, _ in batch]).to(device)
         second = torch.stack([images[b] for _, b in batch]).to(device)
-        flows = raft(first, second, num_flow_updates=ITERATIONS)[-1].float().cpu().numpy()
+        with autocast():
+            flows = raft(first, second, num_flow_updates=ITERATIONS)[-1]
+        flows = flows.float().cpu().numpy()
         results.extend(to_oclr(np.ascontiguousarray(f.transpose(1, 2, 0))) for f in flows)
         if report is not None:
             report(start + len(batch), len(pairs))
