@@ -51,7 +51,8 @@ def test_info_records_the_papers_figures_and_the_flow_options():
     assert any(r.metrics == {"J": 81.1} and r.dataset == "DAVIS-2016 val" for r in info.reported)
     assert any(r.fps is not None and abs(1 / r.fps - 0.098) < 0.001 for r in info.reported)
     assert info.resolve_options({})["flow"] == "reduced"
-    assert info.resolve_options({"flow": "full", "gap": "3"}) == {"flow": "full", "gap": 3}
+    resolved = info.resolve_options({"flow": "full", "gap": "3"})
+    assert (resolved["flow"], resolved["gap"]) == ("full", 3)
     assert info.resolution.describe("davis17m") == "128x224 (fixed)"
 
 
@@ -104,13 +105,133 @@ def test_official_names_the_spec_and_release_use_are_produced():
     assert "rgbglobalcorrector.transdec.slots_embedding.weight" in corrector_names
 
 
-def test_raft_file_from_torchvision_loads_as_it_is_and_the_original_is_refused_with_the_fix():
+def test_raft_file_from_torchvision_loads_as_it_is():
     with torch.device("meta"):
         raft = flow.build_raft()
     state = raft.state_dict()
     assert abr.convert_raft({"model": state}).keys() == state.keys()
-    with pytest.raises(ValueError, match="raft_large_C_T_V1"):
-        abr.convert_raft({"module.fnet.conv1.weight": torch.zeros(1), "module.cnet.conv1.weight": torch.zeros(1)})
+
+
+# torchvision raft_large name -> princeton-vl RAFT name, written out from core/extractor.py and core/update.py of
+# the original (independent of the converter's rules).
+_ORIGINAL_UPDATE_NAMES = {
+    "update_block.motion_encoder.convcorr1.0.": "update_block.encoder.convc1.",
+    "update_block.motion_encoder.convcorr2.0.": "update_block.encoder.convc2.",
+    "update_block.motion_encoder.convflow1.0.": "update_block.encoder.convf1.",
+    "update_block.motion_encoder.convflow2.0.": "update_block.encoder.convf2.",
+    "update_block.motion_encoder.conv.0.": "update_block.encoder.conv.",
+    "update_block.recurrent_block.convgru1.convz.": "update_block.gru.convz1.",
+    "update_block.recurrent_block.convgru1.convr.": "update_block.gru.convr1.",
+    "update_block.recurrent_block.convgru1.convq.": "update_block.gru.convq1.",
+    "update_block.recurrent_block.convgru2.convz.": "update_block.gru.convz2.",
+    "update_block.recurrent_block.convgru2.convr.": "update_block.gru.convr2.",
+    "update_block.recurrent_block.convgru2.convq.": "update_block.gru.convq2.",
+    "update_block.flow_head.conv1.": "update_block.flow_head.conv1.",
+    "update_block.flow_head.conv2.": "update_block.flow_head.conv2.",
+    "mask_predictor.convrelu.0.": "update_block.mask.0.",
+    "mask_predictor.conv.": "update_block.mask.2.",
+}
+
+
+def _original_raft_names() -> dict[str, str]:
+    table = dict(_ORIGINAL_UPDATE_NAMES)
+    for ours, theirs in (("feature_encoder", "fnet"), ("context_encoder", "cnet")):
+        table[f"{ours}.convnormrelu.0."] = f"{theirs}.conv1."
+        table[f"{ours}.convnormrelu.1."] = f"{theirs}.norm1."
+        table[f"{ours}.conv."] = f"{theirs}.conv2."
+        for layer in (1, 2, 3):
+            for block in (0, 1):
+                for n in (1, 2):
+                    table[f"{ours}.layer{layer}.{block}.convnormrelu{n}.0."] = f"{theirs}.layer{layer}.{block}.conv{n}."
+                    table[f"{ours}.layer{layer}.{block}.convnormrelu{n}.1."] = f"{theirs}.layer{layer}.{block}.norm{n}."
+            for n in (0, 1):
+                table[f"{ours}.layer{layer}.0.downsample.{n}."] = f"{theirs}.layer{layer}.0.downsample.{n}."
+    return table
+
+
+def _random_raft() -> torch.nn.Module:
+    torch.manual_seed(0)
+    raft = flow.build_raft().eval()
+    with torch.no_grad():
+        for name, tensor in raft.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape) + 0.5)
+            elif name.endswith("num_batches_tracked"):
+                tensor.fill_(1234)
+            else:
+                tensor.copy_(torch.randn(tensor.shape) * 0.05)
+    return raft
+
+
+def _as_original_file(raft: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """raft_large's tensors under the original's names, with DataParallel's prefix and the original's second name
+    (norm3) of each strided block's downsample norm."""
+    table = _original_raft_names()
+    original = {}
+    for name, tensor in raft.state_dict().items():
+        prefix = next(p for p in table if name.startswith(p))
+        original[table[prefix] + name[len(prefix) :]] = tensor.clone()
+    for key in [k for k in original if k.startswith("cnet.") and ".downsample.1." in k]:
+        original[key.replace(".downsample.1.", ".norm3.")] = original[key]
+    return {"module." + key: value for key, value in original.items()}
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_original_raft_things_file_loads_through_the_weights_path(tmp_path, as_folder):
+    from vos import weights as vweights
+
+    source = _random_raft()
+    original = _as_original_file(source)
+    assert "module.cnet.layer2.0.norm3.running_mean" in original and "module.fnet.conv1.weight" in original
+    path = tmp_path / "raft-things.pth"
+    torch.save(original, path)
+
+    target = flow.build_raft().eval()
+    spec = str(tmp_path if as_folder else path)
+    record = vweights.load_into(
+        target, spec, method="abr", variant="davis17m", part="raft", parts=abr.INFO.parts("davis17m")
+    )
+    assert record["converted"] and record["path"] == str(path)
+    expected, loaded = source.state_dict(), target.state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
+
+    torch.manual_seed(1)
+    first, second = torch.rand(2, 1, 3, 128, 128) * 2 - 1
+    with torch.inference_mode():
+        assert torch.equal(target(first, second, num_flow_updates=3)[-1], source(first, second, num_flow_updates=3)[-1])
+
+
+def test_original_raft_without_batch_counters_and_with_a_stray_key():
+    original = {k.removeprefix("module."): v for k, v in _as_original_file(_random_raft()).items()}
+    old = {k: v for k, v in original.items() if not k.endswith("num_batches_tracked")}
+    converted = abr.convert_raft(old)
+    assert converted["context_encoder.convnormrelu.1.num_batches_tracked"].item() == 0
+    with pytest.raises(ValueError, match="not in the original RAFT"):
+        abr.convert_raft({**original, "fnet.layer4.0.conv1.weight": torch.zeros(1)})
+    broken = dict(original)
+    broken["cnet.layer3.0.norm3.weight"] = torch.zeros_like(broken["cnet.layer3.0.norm3.weight"])
+    with pytest.raises(ValueError, match=r"cnet.layer3.0.norm3.weight differs from cnet.layer3.0.downsample.1.weight"):
+        abr.convert_raft(broken)
+
+
+def test_a_file_in_neither_raft_layout_is_refused_clearly(tmp_path):
+    from vos import weights as vweights
+
+    with pytest.raises(ValueError, match="neither the original RAFT layout"):
+        abr.convert_raft({"module.encoder.conv1.weight": torch.zeros(1)})
+    path = tmp_path / "raft-things.pth"
+    torch.save({"model_state_dict": {"encoder.conv1.weight": torch.zeros(2, 3)}}, path)
+    with pytest.raises(vweights.ConversionError, match="neither the original RAFT layout"):
+        vweights.load_into(
+            flow.build_raft(),
+            str(path),
+            method="abr",
+            variant="davis17m",
+            part="raft",
+            parts=abr.INFO.parts("davis17m"),
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -621,3 +742,166 @@ def test_corrector_matches_a_plain_restatement_of_the_spec():
         mixed = _linear(s, "rgbmaskdec.mlp_mix", maps.permute(1, 2, 3, 0, 4).reshape(t, h, w, 3 * 512))
         expected = _unet_decoder(s, "rgbmaskdec.decoder_m", skips, mixed.permute(0, 3, 1, 2), 3)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Options: test-time adaptation, CRF, reduced precision
+
+
+def test_adaptation_and_crf_are_off_by_default():
+    options = abr.INFO.resolve_options({})
+    assert options["tta_iters"] == 0 and options["crf"] is False
+    assert options["tta_lr"] == 2e-5 and options["crf_iters"] == 5
+    paper = {o.name: o.paper for o in abr.INFO.options}
+    assert paper["tta_iters"] == 200 and paper["crf"] is True
+
+
+def _corrector_inputs(num_frames: int, seed: int = 0):
+    from vos.methods.abr.adaptation import CorrectorInputs
+
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(num_frames, 3, 128, 224)
+    masks[:, 0, 30:90, 40:120] = 1
+    masks[:, 1, 10:50, 150:210] = 1
+    masks[:, 2, 100:125, 10:60] = 1
+    tokens = torch.randn(num_frames, 16, 28, 384, generator=gen)
+    frames = torch.tensor([[0, 2, 5], [1, 2, 6], [0, 3, 4]])[:, : min(3, num_frames)]
+    objects = torch.arange(3)[:, None]
+    return CorrectorInputs(
+        rgbs=torch.randn(num_frames, 3, 128, 224, generator=gen),
+        masks=masks,
+        tokens=tokens,
+        exemplar_tokens=tokens[frames],
+        exemplar_masks=masks[frames, objects],
+        exemplar_scores=torch.rand(3, frames.shape[1], generator=gen),
+        exemplar_frames=frames,
+    )
+
+
+def test_adaptation_trains_on_windows_holding_exemplar_frames():
+    from vos.methods.abr.adaptation import training_windows
+
+    assert training_windows(20, torch.tensor([[0, 2], [3, 4]])) == [list(range(7))]
+    assert training_windows(20, torch.tensor([[0, 19]])) == [list(range(7)), list(range(13, 20))]
+    assert training_windows(5, torch.tensor([[4]])) == [[0, 1, 2, 3, 4, 4, 4]]
+
+
+def test_adaptation_stops_before_touching_anything():
+    from vos.methods.abr.adaptation import adapt
+    from vos.methods.base import Stopped
+
+    net = corrector.MaskCorrector().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def stop(stage, done, total):
+        assert stage == "adapting the corrector" and total == 200
+        raise Stopped()
+
+    with pytest.raises(Stopped):
+        adapt(net, _corrector_inputs(7), torch.rand(7, 3, 128, 224), report=stop)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.slow
+def test_adaptation_fine_tunes_a_copy_lowers_its_loss_and_honours_a_stop():
+    from vos.methods.abr.adaptation import adapt, adaptation_loss
+    from vos.methods.base import Stopped
+
+    torch.manual_seed(0)
+    net = corrector.MaskCorrector().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    inputs = _corrector_inputs(7)
+    with torch.inference_mode():  # as the pipeline calls it: inference tensors in, gradients inside
+        probabilities = torch.rand(7, 3, 128, 224, generator=torch.Generator().manual_seed(1))
+        seen = []
+        adapted, losses = adapt(net, inputs, probabilities, iterations=2, lr=1e-3, report=lambda *a: seen.append(a))
+    assert seen == [("adapting the corrector", k, 2) for k in range(3)]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # the loaded weights are untouched
+    changed = [k for k, v in adapted.state_dict().items() if not torch.equal(v, before[k])]
+    assert "rgbglobalcorrector.transdec.slots_embedding.weight" in changed
+    assert "rgbglobalcorrector.mlp_feat.weight" in changed  # the reconstruction term trains its head
+    assert not any(p.requires_grad for p in adapted.parameters())
+
+    pseudo = (probabilities > 0.5).float()
+    window = list(range(7))
+    with torch.no_grad():
+        assert adaptation_loss(adapted, inputs, window, pseudo) < adaptation_loss(net, inputs, window, pseudo)
+
+    def stop_after_one(stage, done, total):
+        if done == 1:
+            raise Stopped()
+
+    with pytest.raises(Stopped):
+        adapt(net, inputs, probabilities, iterations=5, lr=1e-3, report=stop_after_one)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.slow
+def test_refinement_with_adaptation_leaves_the_next_clip_to_the_loaded_corrector():
+    torch.manual_seed(0)
+    method = abr.AppearanceRefinement(weights="random", device="cpu")
+    nets = method.networks
+    before = {k: v.clone() for k, v in nets.corrector.state_dict().items()}
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 112, 3), dtype=np.uint8) for _ in range(7)]
+    masks = _corrector_inputs(7).masks
+    stages = []
+
+    def refine(adaptation):
+        return pipeline.refine(
+            nets, frames, masks, device=torch.device("cpu"), report=lambda *a: stages.append(a), adaptation=adaptation
+        )
+
+    plain = refine(None)
+    assert torch.equal(refine(pipeline.Adaptation(iterations=0)), plain)  # off: the same masks
+    adapted = refine(pipeline.Adaptation(iterations=1, lr=1e-3))
+    assert ("adapting the corrector", 1, 1) in stages and ("adapted corrector", 1, 1) in stages
+    assert not torch.equal(adapted, plain)
+    assert all(torch.equal(v, before[k]) for k, v in nets.corrector.state_dict().items())
+    assert torch.equal(refine(None), plain)  # the next clip starts from the loaded weights
+
+
+def _speckled_scene():
+    rng = np.random.default_rng(0)
+    frame = np.full((90, 160, 3), 60, np.float64)
+    frame[20:70, 30:100] = (210, 80, 40)
+    frame[30:60, 115:150] = (40, 200, 90)
+    frame = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
+    labels = np.zeros((90, 160), np.uint8)
+    labels[20:70, 30:100] = 3
+    labels[30:60, 115:150] = 2
+    return frame, labels
+
+
+def test_crf_removes_a_speckle_and_keeps_ids_and_size():
+    from vos.methods.abr import crf
+
+    frame, truth = _speckled_scene()
+    labels = truth.copy()
+    labels[45, 60] = 0  # a hole inside object 3
+    labels[10, 10] = 3  # an island of object 3 in the background
+    labels[45, 130] = 3  # object 3 inside object 2
+    out = crf.refine_labels(frame, labels)
+    assert out.shape == labels.shape and out.dtype == np.uint8
+    assert set(np.unique(out)) == {0, 2, 3}
+    assert out[45, 60] == 3 and out[10, 10] == 0 and out[45, 130] == 2
+    assert (out == truth).mean() > 0.995
+    one_object = np.where(truth == 3, 3, 0).astype(np.uint8)
+    assert set(np.unique(crf.refine_labels(frame, one_object))) <= {0, 3}
+    blank = np.zeros_like(labels)
+    assert np.array_equal(crf.refine_labels(frame, blank), blank)
+
+
+@pytest.mark.slow
+def test_bf16_and_crf_run_on_a_tiny_clip():
+    from vos.synthetic import moving_shapes
+    from vos.video import Clip
+
+    torch.manual_seed(0)
+    method = abr.AppearanceRefinement(weights="random", device="cpu", dtype="bf16", crf=True, crf_iters=2)
+    assert method.dtype == torch.bfloat16
+    synthetic = moving_shapes(4, (64, 112), 2)
+    maps = list(method.segment(Clip.from_frames(synthetic.frames), synthetic.masks[0]))
+    assert len(maps) == 4
+    assert all(m.shape == (64, 112) and m.dtype == np.uint8 and m.max() <= 3 for m in maps)

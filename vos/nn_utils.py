@@ -24,3 +24,11 @@ def rowblock_mm(a: torch.Tensor, b: torch.Tensor, *, block: int, out: torch.Tens
     if out is not None and result is not out:
         return out.copy_(result[:n])
     return result[:n]
+
+
+def neighbours(x: torch.Tensor, size: int, dilation: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, size, size, H, W): each pixel's ``size`` x ``size`` neighbours ``dilation`` pixels
+    apart, centred on it, zero outside the frame (the gather of the local CRFs' messages)."""
+    n, c, h, w = x.shape
+    cols = F.unfold(x, size, dilation=dilation, padding=(size // 2) * dilation)
+    return cols.view(n, c, size, size, h, w)

@@ -15,8 +15,13 @@ Layout of the release (16,243,844 parameters in 139 tensors), attribute names as
   never sees its own frame) -> FFN -> slot attention over the exemplar keys (never the query's own absolute frame)
   -> FFN. ``heatmap``: per head the unscaled dot product of object query (k, i) with frame i's target keys -> 8
   maps -> Linear(8 -> 512) + ReLU.
-- ``rgbglobalcorrector.{encoder_posi, mlp, mlp_feat, mlp_mask1, mlp_mask2}``: the feature-reconstruction head,
-  used in training only; kept so the file loads, never run.
+- ``rgbglobalcorrector.{encoder_posi, mlp, mlp_feat, mlp_mask1, mlp_mask2}``: the feature-reconstruction head
+  (paper Eq. 7), used in training only: inference never runs it; the optional test-time adaptation does
+  (``forward(..., reconstruct=True)``, ``adaptation.py``). As the release's forward computes it: every query's
+  output (7 slots x 7 frames) broadcast over the 16x28 grid + ``encoder_posi`` (Linear(2 -> 384) of the (h, w)
+  grid) -> ``mlp`` (Linear + ReLU) -> ``mlp_feat`` gives the slot's DINO feature guess, ``mlp_mask1`` (Linear(384
+  -> 512) + ReLU) -> ``mlp_mask2`` (-> 1) its alpha logit, softmax over the 7 slots; the reconstruction is the
+  alpha-weighted sum of the slots' guesses.
 - ``rgbmaskdec``: ``mlp_mix`` Linear(3 * 512 -> 512) over the objects' maps, ``decoder_m`` UNet decoder with the
   encoder's skips -> 3 logits at 128x224.
 """
@@ -99,11 +104,14 @@ class MaskCorrector(nn.Module):
         exemplar_masks: Tensor,
         exemplar_scores: Tensor,
         exemplar_frames: Tensor,
-    ) -> Tensor:
+        *,
+        reconstruct: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Target window: ``rgbs`` (7, 3, 128, 224) normalised, ``masks`` (7, 3, 128, 224) proposals, ``tokens``
         (7, 16, 28, 384) DINO S/8, ``frames`` (7,) absolute frame indices. Exemplars per object k: ``exemplar_tokens``
         (3, n, 16, 28, 384), ``exemplar_masks`` (3, n, 128, 224) object k's own proposal, ``exemplar_scores`` (3, n)
-        the selector's scores, ``exemplar_frames`` (3, n). Returns (7, 3, 128, 224) logits."""
+        the selector's scores, ``exemplar_frames`` (3, n). Returns (7, 3, 128, 224) logits; with ``reconstruct``
+        also the feature reconstruction (7, 16, 28, 384) and the slots' alphas (7 slots, 7, 16, 28)."""
         objects, count, h, w, dim = exemplar_tokens.shape
         window = rgbs.shape[0]
         skips, _ = self.rgbmaskenc.encoder_rgbmask(rgbs, masks, bottleneck=False)
@@ -130,12 +138,26 @@ class MaskCorrector(nn.Module):
         flat_exemplars = exemplar_keys.reshape(1, objects * count * h * w, dim)
         for layer in dec.transformer_decoder.layers:
             x = layer(x, flat_targets, flat_exemplars, target_forbidden, exemplar_forbidden)
+        slot_outputs = x.view(slots, window, dim)
         x = x.view(slots, window, HEADS, dim // HEADS)[:objects]
 
         maps = torch.einsum("qtgd,thwgd->qthwg", x, targets.view(window, h, w, HEADS, dim // HEADS))
         maps = dec.heatmap.mlp(maps)  # (3, 7, h, w, 512)
         mixed = self.rgbmaskdec.mlp_mix(maps.permute(1, 2, 3, 0, 4).reshape(window, h, w, objects * BOTTLENECK))
-        return self.rgbmaskdec.decoder_m(skips, mixed.permute(0, 3, 1, 2).contiguous())
+        logits = self.rgbmaskdec.decoder_m(skips, mixed.permute(0, 3, 1, 2).contiguous())
+        if not reconstruct:
+            return logits
+        features, alphas = self.reconstruction(slot_outputs, h, w)
+        return logits, features, alphas
+
+    def reconstruction(self, slot_outputs: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+        """The feature-reconstruction head on the transformer's outputs (slots, t, c): (t, h, w, c) reconstructed
+        DINO features and (slots, t, h, w) alphas (softmax over the slots)."""
+        head = self.rgbglobalcorrector
+        spread = head.mlp(slot_outputs[:, :, None, None, :] + head.encoder_posi(h, w))  # (slots, t, h, w, c)
+        alphas = head.mlp_mask2(head.mlp_mask1(spread)).squeeze(-1).float().softmax(0)
+        features = (alphas[..., None] * head.mlp_feat(spread).float()).sum(0)
+        return features, alphas
 
 
 def attention_masks(frames: Tensor, exemplar_frames: Tensor, slots: int, cells: int) -> tuple[Tensor, Tensor]:

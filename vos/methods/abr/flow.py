@@ -1,7 +1,9 @@
 """Optical flow for OCLR-flow: torchvision's RAFT (large), 20 iterations, gaps +g and -g, resized to 128x224.
 
 torchvision's ``Raft_Large_Weights.C_T_V1`` are the original raft-things weights (the spec: max flow difference 0
-after a name mapping), so the network is torchvision's ``raft_large`` and the weights are torchvision's file.
+after a name mapping), so the network is torchvision's ``raft_large``. Both files load: torchvision's as it is, the
+princeton-vl ``raft-things.pth`` through ``convert_original_raft`` (names only: no tensor is split, reshaped or
+scaled; see there).
 
 Two ways to run it (option ``flow``):
 - ``full``: the release's path. RAFT at the frame's full resolution, replicate-padded (centred) to a multiple of 8
@@ -17,7 +19,9 @@ Two ways to run it (option ``flow``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -38,6 +42,90 @@ def build_raft() -> nn.Module:
     from torchvision.models.optical_flow import raft_large
 
     return raft_large(weights=None, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The original princeton-vl checkpoint (raft-things.pth) -> torchvision's names
+#
+# The original RAFT (core/extractor.py, core/update.py) and torchvision's raft_large are the same network: the
+# context encoder's 256 output channels are split [128 hidden (tanh), 128 context (relu)] in the same order by both,
+# and the mask head's 0.25 factor is a constant in both (torchvision's MaskPredictor.multiplier), so every tensor
+# keeps its values and shape. What differs besides names:
+# - a strided ResidualBlock registers its norm twice in the original (``norm3`` and ``downsample.1`` are one module),
+#   so the batch-norm context encoder's file holds each of those tensors under both names; ``downsample.1`` is kept
+#   and ``norm3`` dropped after checking the two are equal. The instance norms (feature encoder) hold no tensors.
+# - files written before PyTorch 0.4.1 lack BatchNorm's ``num_batches_tracked``; it only counts training steps
+#   (never read in eval mode), so a missing one is filled with 0.
+
+_RAFT_PREFIXES = (("fnet.", "feature_encoder."), ("cnet.", "context_encoder."), ("update_block.", "update_block."))
+# (pattern, replacement) on the name after the prefix rename; each original tensor matches one at most.
+_RAFT_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"^(\w+_encoder)\.conv1\.", r"\1.convnormrelu.0."),
+        (r"^(\w+_encoder)\.norm1\.", r"\1.convnormrelu.1."),
+        (r"^(\w+_encoder)\.conv2\.", r"\1.conv."),
+        (r"^(\w+_encoder\.layer[123]\.[01])\.conv([12])\.", r"\1.convnormrelu\2.0."),
+        (r"^(\w+_encoder\.layer[123]\.[01])\.norm([12])\.", r"\1.convnormrelu\2.1."),
+        (r"^(\w+_encoder\.layer[23]\.0\.downsample\.[01])\.", r"\1."),
+        (r"^update_block\.encoder\.convc([12])\.", r"update_block.motion_encoder.convcorr\1.0."),
+        (r"^update_block\.encoder\.convf([12])\.", r"update_block.motion_encoder.convflow\1.0."),
+        (r"^update_block\.encoder\.conv\.", "update_block.motion_encoder.conv.0."),
+        (r"^update_block\.gru\.conv([zrq])([12])\.", r"update_block.recurrent_block.convgru\2.conv\1."),
+        (r"^update_block\.flow_head\.conv([12])\.", r"update_block.flow_head.conv\1."),
+        (r"^update_block\.mask\.0\.", "mask_predictor.convrelu.0."),
+        (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
+    )
+)
+# The second name of a strided block's downsample.1 (``norm3``): dropped once checked equal.
+_RAFT_ALIAS = re.compile(r"^(\w+_encoder\.layer[23]\.0)\.norm3\.(\w+)$")
+ORIGINAL_RAFT_SIGNATURE = ("fnet.conv1.weight", "cnet.conv1.weight", "update_block.gru.convz1.weight")
+TORCHVISION_RAFT_SIGNATURE = (
+    "feature_encoder.convnormrelu.0.weight",
+    "context_encoder.convnormrelu.0.weight",
+    "update_block.recurrent_block.convgru1.convz.weight",
+)
+
+
+def is_original_raft(state: Mapping[str, Tensor]) -> bool:
+    """True for a state dict (``module.`` already stripped) in the princeton-vl layout."""
+    return all(key in state for key in ORIGINAL_RAFT_SIGNATURE)
+
+
+def is_torchvision_raft(state: Mapping[str, Tensor]) -> bool:
+    """True for a state dict in torchvision's ``raft_large`` layout."""
+    return all(key in state for key in TORCHVISION_RAFT_SIGNATURE)
+
+
+def convert_original_raft(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The princeton-vl RAFT (large) state dict, ``module.`` stripped -> torchvision ``raft_large`` names.
+
+    Every original tensor lands under exactly one name, or is the checked duplicate ``norm3``; a key the table does
+    not know raises ``ValueError`` (e.g. RAFT-small's file, or another network's)."""
+    out: dict[str, Tensor] = {}
+    aliases: dict[str, tuple[str, Tensor]] = {}  # torchvision name -> (the original's norm3 key, its tensor)
+    unknown = []
+    for key, value in state.items():
+        name = next((new + key[len(old) :] for old, new in _RAFT_PREFIXES if key.startswith(old)), None)
+        alias = _RAFT_ALIAS.match(name) if name else None
+        if alias:
+            aliases[f"{alias[1]}.downsample.1.{alias[2]}"] = (key, value)
+            continue
+        matched = [(pattern, replacement) for pattern, replacement in _RAFT_RENAMES if name and pattern.match(name)]
+        if len(matched) != 1:
+            unknown.append(key)
+            continue
+        pattern, replacement = matched[0]
+        out[pattern.sub(replacement, name, count=1)] = value
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:5])
+        raise ValueError(f"{len(unknown)} keys are not in the original RAFT (large) layout: {shown}")
+    for name, (key, value) in aliases.items():
+        if name not in out or not torch.equal(out[name], value):
+            raise ValueError(f"{key} differs from {key.replace('norm3', 'downsample.1')}, which it aliases")
+    for name in [k for k in out if k.endswith(".running_var")]:
+        out.setdefault(name.removesuffix("running_var") + "num_batches_tracked", torch.zeros((), dtype=torch.long))
+    return out
 
 
 def raft_size(frame_size: tuple[int, int], mode: str) -> tuple[int, int]:
@@ -99,8 +187,10 @@ def compute_flows(
     gap: int,
     device: torch.device,
     report: Callable[[int, int], None] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Tensor:
-    """uint8 RGB frames (all one size) -> (T, 4, 128, 224) float32 flows on ``device``."""
+    """uint8 RGB frames (all one size) -> (T, 4, 128, 224) float32 flows on ``device`` (``autocast()`` around
+    each RAFT batch; the flows are float32 whatever it computes in)."""
     num_frames = len(frames)
     size = raft_size(frames[0].shape[:2], mode)
     images = [raft_input(frame, size) for frame in frames]
@@ -113,7 +203,9 @@ def compute_flows(
         batch = pairs[start : start + PAIRS_PER_BATCH]
         first = torch.stack([images[a] for a, _ in batch]).to(device)
         second = torch.stack([images[b] for _, b in batch]).to(device)
-        flows = raft(first, second, num_flow_updates=ITERATIONS)[-1].float().cpu().numpy()
+        with autocast():
+            flows = raft(first, second, num_flow_updates=ITERATIONS)[-1]
+        flows = flows.float().cpu().numpy()
         results.extend(to_oclr(np.ascontiguousarray(f.transpose(1, 2, 0))) for f in flows)
         if report is not None:
             report(start + len(batch), len(pairs))

@@ -18,6 +18,7 @@ Clips are cut into 30-frame chunks as the release does; ``propose`` carries obje
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -138,7 +139,12 @@ def associate(previous: Tensor, current: Tensor) -> list[int]:
     return assignment
 
 
-def propose(oclr: OclrFlow, flows: Tensor, report: Callable[[int, int], None] | None = None) -> Tensor:
+def propose(
+    oclr: OclrFlow,
+    flows: Tensor,
+    report: Callable[[int, int], None] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Tensor:
     """(T, 4, 128, 224) flows -> (T, 3, 128, 224) bool modal masks, ids kept across chunks.
 
     Every frame's masks come from the release's chunks (``chunk_frames``), so they are the release's up to each
@@ -153,7 +159,9 @@ def propose(oclr: OclrFlow, flows: Tensor, report: Callable[[int, int], None] | 
 
     def aligned(frames: list[int], reference: Tensor, known: np.ndarray) -> Tensor:
         """The pass over ``frames`` with its channels in the ids of ``reference`` (masks of the ``known`` frames)."""
-        modal = modal_masks(*oclr(flows[frames]))
+        with autocast():
+            amodal, order = oclr(flows[frames])
+        modal = modal_masks(amodal.float(), order.float())
         shared = sorted({f for f in frames if known[f]})
         if shared:
             position = {f: i for i, f in enumerate(frames)}
