@@ -122,7 +122,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolutions", default="240,360,480,720,1080", help="short sides in pixels, comma-separated")
     p.add_argument("--frames", type=_positive(int), default=8, help="clip length")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        help="precision, or several comma-separated (fp32,bf16: each point in each, as separate lines on the charts)",
+    )
     # One spec for every point: a sweep has no per-method weights, so a second --weights is refused, not dropped.
     p.add_argument("--weights", action=_Once, default="random", help="random (default), hub, a file or a folder")
     p.add_argument("--repeats", type=_positive(int), default=1)
@@ -139,6 +143,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="from_file", default=None, metavar="FILE", help="chart a results file, no measuring")
     p.add_argument("--charts", default=None, metavar="DIR", help="also write the charts (PNG and HTML) into DIR")
     p.add_argument("--no-png", action="store_true", help="with --charts: HTML only (PNG needs kaleido and Chrome)")
+    p.add_argument(
+        "--no-flops",
+        action="store_true",
+        help="skip the machine's GEMM rate and each point's FLOP count (one more pass of the clip per point): the "
+        "speed chart then has no compute-limit lines",
+    )
     p.set_defaults(module="vos.bench", function="command_bench")
 
 
