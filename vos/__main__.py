@@ -150,6 +150,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "speed chart then has no compute-limit lines",
     )
     p.set_defaults(module="vos.bench", function="command_bench")
+    actions = p.add_subparsers(dest="action", required=False, metavar="{agreement}")
+    agree = actions.add_parser(
+        "agreement",
+        help="masks in a reduced precision against fp32 on real footage: mean IoU, time and speed-up per method",
+        description="Run each method in fp32 and in a reduced precision on real camera footage (Carphone, with a "
+        "hand-traced first-frame mask) and print, per method, the mean IoU of the reduced-precision masks against "
+        "fp32's over all frames and objects, each run's time and the speed-up. Methods without installed "
+        "checkpoints run with random weights, and the output says so.",
+    )
+    agree.add_argument("--methods", default="all", help="'all' or KEY[:VARIANT],...")
+    agree.add_argument("--dtype", default=None, help="the reduced precision (default: bf16 on a CPU, fp16 on CUDA)")
+    agree.add_argument("--frames", type=_positive(int), default=10, help="frames of the footage (at most 120)")
+    agree.add_argument("--size", type=_positive(int), default=144, help="the frames' height (the footage's is 144)")
+    agree.add_argument("--device", default="auto")
+    agree.add_argument("--weights", action=_Once, default="hub", help="hub (default; random where missing) or random")
+    agree.add_argument("--opt", action="append", default=[], metavar="KEY.NAME=VALUE")
+    agree.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    agree.set_defaults(module="vos.bench.agreement", function="command_agreement")
 
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:

@@ -38,17 +38,25 @@ checks it. Figures (plotly): ``memory_figure``, ``fps_figure`` and ``accuracy_sp
 accuracy and speed beside the speed measured here); ``export_charts`` writes them as PNG (kaleido) and HTML.
 
 Precision: ``--dtype fp32,bf16`` measures every point in each; a reduced precision's points are their own series
-(``tvos · davis_train · bf16``) and the tables give their speed-up over fp32.
+(``tvos · davis_train · bf16``) and the tables give their speed-up over fp32. ``python -m vos bench agreement``
+measures how far its masks move from fp32's on real footage (``agreement``).
 
 Modules: ``planning`` (what to measure: resolutions, specs, precisions, points, statuses), ``measure`` (one point in
-a child process, and the parent that caps it), ``compute`` (the GEMM rate and the FLOP count), ``results`` (the
-results file's schema, stored results, text summaries, the machine's description), ``sweeping`` (a plan measured
-point after point), ``charts`` (plotly figures, export) and ``cli`` (``python -m vos bench``). Everything callers
-use is re-exported here.
+a child process, and the parent that caps it), ``compute`` (the GEMM rate and the FLOP count), ``agreement``
+(reduced precision against fp32), ``results`` (the results file's schema, stored results, text summaries, the
+machine's description), ``sweeping`` (a plan measured point after point), ``charts`` (plotly figures, export) and
+``cli`` (``python -m vos bench``). Everything callers use is re-exported here.
 """
 
 from __future__ import annotations
 
+from vos.bench.agreement import (
+    Agreement,
+    agreement,
+    agreement_table,
+    match_segments,
+    mean_iou,
+)
 from vos.bench.charts import (
     ACCURACY_METRIC,
     CHARTS,
@@ -134,6 +142,7 @@ from vos.bench.sweeping import (
 __all__ = [
     "ACCURACY_METRIC",
     "ASPECT",
+    "Agreement",
     "BenchError",
     "CANCELLED",
     "CHARTS",
@@ -162,6 +171,8 @@ __all__ = [
     "TOTAL",
     "Task",
     "accuracy_speed_figure",
+    "agreement",
+    "agreement_table",
     "busy_note",
     "command_bench",
     "compute_limit_fps",
@@ -178,6 +189,8 @@ __all__ = [
     "hardware_label",
     "hardware_slug",
     "load_results",
+    "match_segments",
+    "mean_iou",
     "measure_gemm",
     "measure_point",
     "memory_figure",
