@@ -237,3 +237,15 @@ def test_label_maps_are_unchanged_by_counting():
     bench.frame_flops(tvos, clip, synthetic.masks[0])
     after = list(tvos.segment(clip, synthetic.masks[0]))
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_simvos_token_refinement_is_counted_in_bf16():
+    """The counter runs einsum's decomposition below autocast: a product with mixed dtypes there used to fail."""
+    from vos.methods import create
+    from vos.synthetic import moving_shapes
+    from vos.video import Clip
+
+    synthetic = moving_shapes(3, (32, 56), 1)
+    method = create("simvos", "vit_bs", weights="random", dtype="bf16")
+    counts = bench.frame_flops(method, Clip.from_frames(synthetic.frames), synthetic.masks[0])
+    assert len(counts) == 3 and all(count > 0 for count in counts)

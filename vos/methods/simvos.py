@@ -288,6 +288,9 @@ class TokenRefiner(nn.Module):
         logits = self.patch_to_cluster_linear(x).transpose(1, 2)  # (B, K, hw)
         logits = logits.masked_fill(weight.flatten(2) == 0, float("-inf"))
         attention = torch.nan_to_num(torch.softmax(logits, dim=-1))  # a row of -inf only: NaN -> 0
+        # Under bf16 autocast the product would cast the fp32 softmax down anyway; saying so keeps it one dtype where
+        # autocast does not reach (torch's FLOP counter runs einsum's decomposition below it). fp32: no-op.
+        attention = attention.to(features.dtype)
         prototypes = torch.einsum("bkn,bnc->bkc", attention, features.reshape(batch, height * width, channels))
         return self.norm(prototypes)
 
