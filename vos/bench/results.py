@@ -1,4 +1,8 @@
-"""The results file (JSON, ``format: vos-bench``): writing, checking, reading, the stored results and text summaries."""
+"""The results file (JSON, ``format: vos-bench``): writing, checking, reading, the stored results and text summaries.
+
+Fields added after the first files were stored are optional, so those files still load and chart: the machine's
+GEMM rate (``hardware.gemm``), each point's counted FLOPs (``flops_per_frame``, ``first_frame_flops``,
+``flops_frames``) and its precision (``dtype``; a sweep's ``settings.dtype`` may name several, "fp32,bf16")."""
 
 from __future__ import annotations
 
