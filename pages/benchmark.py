@@ -120,6 +120,16 @@ def default_methods() -> list[str]:
     return [f"{info.key}:{info.default_variant}" for info in available()]
 
 
+def precision_choices() -> list[str]:
+    """fp32 and the reduced precisions the page's devices have matrix units for (vos.device.fast_dtypes)."""
+    import torch
+
+    from vos.device import fast_dtypes
+
+    devices = [torch.device(name) for name in device_choices() if name != "auto"]
+    return list(dict.fromkeys(name for device in devices for name in fast_dtypes(device)))
+
+
 def device_choices() -> list[str]:
     import torch
 
@@ -158,6 +168,7 @@ def measure_job(
     timeout: float,
     device: str,
     weights: str,
+    precisions: list[str],
     log_scale: bool,
     measured: list[str],
     token: str,
@@ -166,9 +177,10 @@ def measure_job(
     """Run the sweep (vos.bench's tqdm bar is the progress bar); redraw everything after each point."""
     specs = bench.parse_methods(methods)
     resolutions = bench.parse_resolutions([int(r) for r in resolutions])
+    dtypes = bench.parse_dtypes(precisions or ["fp32"])
     out = _MEASURED_DIR / f"{uuid.uuid4().hex}.json"
     cancel = _CANCELS.setdefault(token, threading.Event())
-    total = len(specs) * len(resolutions)
+    total = len(specs) * len(resolutions) * len(dtypes)
     measured = [str(out), *measured]
     yield f"Starting {total} point(s)…", gr.Dropdown(), measured, *[gr.skip()] * 5
     try:
@@ -177,6 +189,7 @@ def measure_job(
             resolutions,
             frames=int(frames),
             device=device,
+            dtype=dtypes,
             weights=weights,
             timeout=float(timeout),
             out=out,
@@ -238,6 +251,12 @@ class BenchmarkPage:
                 devices = device_choices()
                 self.device = gr.Dropdown(devices, value=devices[0], label="Device")
                 self.weights = gr.Radio(WEIGHTS_CHOICES, value="random", label="Weights")
+                self.precisions = gr.CheckboxGroup(
+                    precision_choices(),
+                    value=["fp32"],
+                    label="Precision",
+                    info="Each ticked precision is its own line; a reduced one's table rows give its speed-up.",
+                )
             with gr.Row():
                 self.measure_button = gr.Button("Measure", variant="primary")
                 self.stop_button = gr.Button("Stop", interactive=False)
@@ -272,6 +291,7 @@ class BenchmarkPage:
                 self.timeout,
                 self.device,
                 self.weights,
+                self.precisions,
                 self.log_scale,
                 self.measured,
                 self.token,

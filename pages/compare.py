@@ -30,7 +30,7 @@ from vos import masks as vmasks
 from vos import prompts as vprompts
 from vos import runnable as vrunnable
 from vos import specs as vspecs
-from vos.device import pick_device
+from vos.device import pick_device, pick_dtype
 from vos.methods import UNSUP, MethodInfo, Option, OptionError, available
 from vos.specs import MethodSpec
 from vos.text import human_size
@@ -106,6 +106,18 @@ def device_choices() -> list[tuple[str, str]]:
         choices.append(("mps", "mps"))
     choices.append(("cpu", "cpu"))
     return choices
+
+
+def precision_choices() -> list[tuple[str, str]]:
+    """fp32 (the reference) and the reduced precisions this machine's devices have matrix units for: bf16 on a CPU
+    with AVX512-BF16 or AMX, fp16 and bf16 on CUDA (``vos.device.fast_dtypes``)."""
+    import torch
+
+    from vos.device import fast_dtypes
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    names = list(dict.fromkeys(name for device in devices for name in fast_dtypes(device)))
+    return [("fp32 (reference)" if name == "fp32" else name, name) for name in names]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -500,6 +512,17 @@ class ComparePage:
                     self.methods.append(MethodControls(info, enabled, variant, []))
             with gr.Row():
                 self.device = gr.Dropdown(device_choices(), value="auto", label="Device", min_width=140)
+                precisions = precision_choices()
+                self.precision = gr.Dropdown(
+                    precisions,
+                    value="fp32",
+                    label="Precision",
+                    info="Reduced precision is faster where the hardware has it; masks may differ slightly."
+                    if len(precisions) > 1
+                    else "This machine has no fast reduced precision.",
+                    interactive=len(precisions) > 1,
+                    min_width=140,
+                )
                 defaults = vrunnable.machine_defaults()
                 self.resolution = gr.Dropdown(
                     RESOLUTIONS,
@@ -678,7 +701,8 @@ class ComparePage:
         )
         self.mask_upload.clear(self.on_mask_clear, [self.session], prompt_outputs, api_visibility="private")
 
-        run_inputs = {self.session, self.device, self.resolution, self.max_frames, self.weights, self.ground_truth}
+        run_inputs = {self.session, self.device, self.precision, self.resolution, self.max_frames, self.weights}
+        run_inputs.add(self.ground_truth)
         for controls in self.methods:
             run_inputs |= set(controls.inputs())
         prepared = self.run_button.click(
@@ -931,9 +955,12 @@ class ComparePage:
             raise gr.Error("Tick at least one method (step 3).")
         device = values[self.device] or "auto"
         pick_device(device)  # a missing device fails here, not in every method's tile
+        dtype = values.get(self.precision) or "fp32"
+        pick_dtype(dtype, pick_device(device))  # fp16 on the CPU: one message now, not one per tile
         request = rs.RunRequest(
             specs=specs,
             device=device,
+            dtype=dtype,
             max_side=int(values[self.resolution]) or None,
             max_frames=int(values.get(self.max_frames) or 0) or None,
             weights=values[self.weights] or "hub",

@@ -43,6 +43,7 @@ class RunRequest:
 
     specs: list[MethodSpec]
     device: str = "auto"
+    dtype: str = "fp32"  # autocast precision: bf16 / fp16 where the device has matrix units for it
     max_side: int | None = 854  # the methods' working resolution (long side); None = the clip's size
     max_frames: int | None = None  # run on the clip's first frames only; None = all
     weights: str = "hub"
@@ -100,6 +101,7 @@ def run_comparison(
                 request.specs,
                 out_dir,
                 device=request.device,
+                dtype=request.dtype,
                 weights=request.weights,
                 ground_truth=ground_truth,
                 events=events,

@@ -274,6 +274,22 @@ def run_fakes(tiny, keys=("fake_copy", "fake_fail", "fake_unsup"), ground_truth=
     return session, rs.load_view(out)
 
 
+def test_the_chosen_precision_is_offered_where_fast_and_runs(tiny):
+    import torch
+
+    from pages import compare
+    from vos.device import fast_dtypes
+
+    offered = [value for _, value in compare.precision_choices()]
+    assert offered[0] == "fp32" and set(fast_dtypes(torch.device("cpu"))) <= set(offered)
+    session = pr.set_uploaded_mask(pr.start_session(tiny["clip"], Limits()), tiny["mask"])
+    labels, _ = pr.save_prompt(session)
+    request = rs.RunRequest([MethodSpec("fake_copy")], device="cpu", dtype="bf16", max_side=None)
+    out = rs.new_run_dir(session.path, session.clip_name)
+    rs.run_comparison(session.clip(), labels, request, out)
+    assert json.loads((out / "run.json").read_text())["settings"]["dtype"] == "bf16"
+
+
 def test_results_tiles_captions_table_and_downloads(tiny):
     session, view = run_fakes(tiny, ground_truth=str(tiny["gt"]))
     frames = rs.extract_frames(session.clip(), session.path / "frames")

@@ -137,6 +137,7 @@ def test_sweep_writes_a_valid_results_file(tmp_path, capsys):
     results = bench.load_results(out)  # the schema check
     assert results["format"] == "vos-bench" and results["settings"]["frames"] == 3
     assert {"cpu", "cpu_cores", "torch", "ram_gib", "label"} <= results["hardware"].keys()
+    assert results["hardware"]["gemm"]["gflops"]["fp32"] > 0  # measured in a process of its own, for the limit line
     assert "--opt fake_alloc.mib=160" in results["settings"]["command"]
     points = {(p.method, p.resolution): p for p in bench.points_of(results)}
     assert set(points) == {("fake_alloc", 32), ("fake_alloc", 48), ("fake_oom", 32), ("fake_oom", 48)}
@@ -147,6 +148,7 @@ def test_sweep_writes_a_valid_results_file(tmp_path, capsys):
         # The subprocess's own peak: the 160 MiB block shows above what the process held before the method.
         assert alloc.peak_memory_mib - alloc.baseline_memory_mib >= 150
         assert alloc.wall_s > alloc.load_s and alloc.load_avg is not None
+        assert alloc.flops_per_frame is not None and alloc.flops_frames  # counted in the child, after the timing
     assert points["fake_oom", 32].status == bench.OOM and points["fake_oom", 32].frames_done == 1
     assert points["fake_oom", 48].status == bench.SKIPPED and "32p" in points["fake_oom", 48].reason
     captured = capsys.readouterr()
@@ -346,7 +348,7 @@ def test_measure_here_runs_the_cli_sweep(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench.results, "STORED_DIR", tmp_path)
     monkeypatch.setattr(page, "_MEASURED_DIR", tmp_path / "measured")
-    updates = list(page.measure_job(["fake_copy:default"], [32], 2, 120, "cpu", "random", True, [], "token"))
+    updates = list(page.measure_job(["fake_copy:default"], [32], 2, 120, "cpu", "random", ["fp32"], True, [], "token"))
     status, selector, measured, memory, fps, accuracy, table, details = updates[-1]
     assert status.startswith("1 of 1 points done (1 measured)")
     results = bench.load_results(measured[0])

@@ -122,7 +122,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolutions", default="240,360,480,720,1080", help="short sides in pixels, comma-separated")
     p.add_argument("--frames", type=_positive(int), default=8, help="clip length")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        help="precision, or several comma-separated (fp32,bf16: each point in each, as separate lines on the charts)",
+    )
     # One spec for every point: a sweep has no per-method weights, so a second --weights is refused, not dropped.
     p.add_argument("--weights", action=_Once, default="random", help="random (default), hub, a file or a folder")
     p.add_argument("--repeats", type=_positive(int), default=1)
@@ -139,7 +143,31 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="from_file", default=None, metavar="FILE", help="chart a results file, no measuring")
     p.add_argument("--charts", default=None, metavar="DIR", help="also write the charts (PNG and HTML) into DIR")
     p.add_argument("--no-png", action="store_true", help="with --charts: HTML only (PNG needs kaleido and Chrome)")
+    p.add_argument(
+        "--no-flops",
+        action="store_true",
+        help="skip the machine's GEMM rate and each point's FLOP count (one more pass of the clip per point): the "
+        "speed chart then has no compute-limit lines",
+    )
     p.set_defaults(module="vos.bench", function="command_bench")
+    actions = p.add_subparsers(dest="action", required=False, metavar="{agreement}")
+    agree = actions.add_parser(
+        "agreement",
+        help="masks in a reduced precision against fp32 on real footage: mean IoU, time and speed-up per method",
+        description="Run each method in fp32 and in a reduced precision on real camera footage (Carphone, with a "
+        "hand-traced first-frame mask) and print, per method, the mean IoU of the reduced-precision masks against "
+        "fp32's over all frames and objects, each run's time and the speed-up. Methods without installed "
+        "checkpoints run with random weights, and the output says so.",
+    )
+    agree.add_argument("--methods", default="all", help="'all' or KEY[:VARIANT],...")
+    agree.add_argument("--dtype", default=None, help="the reduced precision (default: bf16 on a CPU, fp16 on CUDA)")
+    agree.add_argument("--frames", type=_positive(int), default=10, help="frames of the footage (at most 120)")
+    agree.add_argument("--size", type=_positive(int), default=144, help="the frames' height (the footage's is 144)")
+    agree.add_argument("--device", default="auto")
+    agree.add_argument("--weights", action=_Once, default="hub", help="hub (default; random where missing) or random")
+    agree.add_argument("--opt", action="append", default=[], metavar="KEY.NAME=VALUE")
+    agree.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    agree.set_defaults(module="vos.bench.agreement", function="command_agreement")
 
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:

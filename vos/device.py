@@ -70,6 +70,22 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def fast_dtypes(device: torch.device) -> list[str]:
+    """The precisions this device has matrix units for, fp32 first: what the app offers and the benchmark measures.
+
+    bf16 on a CPU runs everywhere but is emulated (slower than fp32) without bf16 matrix instructions (AVX512-BF16,
+    AMX), so a CPU lists it only when oneDNN says it has them.
+    """
+    names = ["fp32"]
+    if device.type == "cuda":
+        names.append("fp16")
+        if torch.cuda.is_bf16_supported():
+            names.append("bf16")
+    elif device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        names.append("bf16")
+    return names
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Autocast for reduced precision, a no-op for fp32. Open it per frame, never around a ``yield``."""
     if dtype == torch.float32:

@@ -16,6 +16,10 @@ What a point records:
   torch, the method's modules and the synthetic clip; CUDA: allocated tensors, usually none), so peak minus
   baseline is what the method itself cost.
   Where /proc is missing the child falls back to sampling (``vos.device.memory_probe``).
+- work: the FLOPs each frame costs, counted by torch's ``FlopCounterMode`` in one more pass after the timed ones
+  (``count_flops``; ``--no-flops`` skips it), and once per sweep the machine's GEMM rate (``torch.mm``, fp32 and
+  each reduced precision the device has matrix units for): their ratio is the compute-limit line of the speed chart
+  (``compute``).
 - time: load (build + weights), first-frame latency (frame 0 includes each method's initialisation on the
   prompt), steady-state fps over frames 1..N-1, median over ``repeats`` passes of the clip.
 - caps: the parent kills a point that runs past ``timeout`` seconds (status ``timeout``) or whose resident set
@@ -33,14 +37,26 @@ The results file (JSON, ``format: vos-bench``) holds the hardware, the settings 
 checks it. Figures (plotly): ``memory_figure``, ``fps_figure`` and ``accuracy_speed_figure`` (the papers' reported
 accuracy and speed beside the speed measured here); ``export_charts`` writes them as PNG (kaleido) and HTML.
 
-Modules: ``planning`` (what to measure: resolutions, specs, points, statuses), ``measure`` (one point in a child
-process, and the parent that caps it), ``results`` (the results file's schema, stored results, text summaries, the
+Precision: ``--dtype fp32,bf16`` measures every point in each; a reduced precision's points are their own series
+(``tvos · davis_train · bf16``) and the tables give their speed-up over fp32. ``python -m vos bench agreement``
+measures how far its masks move from fp32's on real footage (``agreement``).
+
+Modules: ``planning`` (what to measure: resolutions, specs, precisions, points, statuses), ``measure`` (one point in
+a child process, and the parent that caps it), ``compute`` (the GEMM rate and the FLOP count), ``agreement``
+(reduced precision against fp32), ``results`` (the results file's schema, stored results, text summaries, the
 machine's description), ``sweeping`` (a plan measured point after point), ``charts`` (plotly figures, export) and
 ``cli`` (``python -m vos bench``). Everything callers use is re-exported here.
 """
 
 from __future__ import annotations
 
+from vos.bench.agreement import (
+    Agreement,
+    agreement,
+    agreement_table,
+    match_segments,
+    mean_iou,
+)
 from vos.bench.charts import (
     ACCURACY_METRIC,
     CHARTS,
@@ -51,11 +67,20 @@ from vos.bench.charts import (
     busy_note,
     export_charts,
     fps_figure,
+    gemm_gflops,
     memory_figure,
     paper_figures,
 )
 from vos.bench.cli import (
     command_bench,
+)
+from vos.bench.compute import (
+    compute_limit_fps,
+    frame_flops,
+    gemm_rate,
+    gemm_rates,
+    measure_gemm,
+    per_frame,
 )
 from vos.bench.measure import (
     ROOT,
@@ -87,6 +112,7 @@ from vos.bench.planning import (
     Task,
     default_memory_cap_mib,
     frame_size,
+    parse_dtypes,
     parse_methods,
     parse_resolutions,
     plan,
@@ -116,6 +142,7 @@ from vos.bench.sweeping import (
 __all__ = [
     "ACCURACY_METRIC",
     "ASPECT",
+    "Agreement",
     "BenchError",
     "CANCELLED",
     "CHARTS",
@@ -144,22 +171,34 @@ __all__ = [
     "TOTAL",
     "Task",
     "accuracy_speed_figure",
+    "agreement",
+    "agreement_table",
     "busy_note",
     "command_bench",
+    "compute_limit_fps",
     "default_memory_cap_mib",
     "describe_settings",
     "export_charts",
     "fps_figure",
+    "frame_flops",
     "frame_size",
+    "gemm_gflops",
+    "gemm_rate",
+    "gemm_rates",
     "hardware",
     "hardware_label",
     "hardware_slug",
     "load_results",
+    "match_segments",
+    "mean_iou",
+    "measure_gemm",
     "measure_point",
     "memory_figure",
     "paper_figures",
+    "parse_dtypes",
     "parse_methods",
     "parse_resolutions",
+    "per_frame",
     "plan",
     "point_words",
     "points_of",

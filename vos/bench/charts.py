@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vos.bench.compute import compute_limit_fps
 from vos.bench.planning import (
     CANCELLED,
     FAILED,
@@ -47,6 +48,12 @@ def _colours(keys: Sequence[str]) -> dict[str, str]:
 
     palette = px.colors.qualitative.Plotly + px.colors.qualitative.Dark24
     return {key: palette[i % len(palette)] for i, key in enumerate(keys)}
+
+
+def _series_colours(grouped: dict[str, list[Point]]) -> dict[str, str]:
+    """A colour per series, shared by the precisions of one method · variant (they differ by marker and name)."""
+    by_method = _colours(list(dict.fromkeys(points[0].method_variant for points in grouped.values())))
+    return {name: by_method[points[0].method_variant] for name, points in grouped.items()}
 
 
 def _series(results: dict[str, Any]) -> dict[str, list[Point]]:
@@ -149,6 +156,10 @@ def _hover(point: Point) -> str:
         lines.append(f"fps: {point.fps:.3g} ({counted})")
     if point.first_frame_s is not None:
         lines.append(f"first frame: {point.first_frame_s:.3g} s (time to the first label map)")
+    if point.flops_per_frame:
+        lines.append(f"work counted: {point.flops_per_frame / 1e9:,.3g} GFLOP a frame")
+        if point.first_frame_flops and point.fps_basis == STEADY:
+            lines.append(f"frame 0: {point.first_frame_flops / 1e9:,.3g} GFLOP")
     if point.load_s is not None:
         lines.append(f"load: {point.load_s:.3g} s")
     return "<br>".join(lines)
@@ -191,7 +202,9 @@ def _nudges(count: int) -> list[float]:
 
 
 def _measured_line(fig: go.Figure, name: str, points: Sequence[Point], values: Sequence[float], colour: str) -> None:
-    """One series' measured points as a line over the resolutions, with the point's details on hover."""
+    """One series' measured points as a line over the resolutions, with the point's details on hover; a reduced
+    precision's points are diamonds beside its fp32 line's circles, in the same colour."""
+    reduced = any(p.dtype not in (None, "fp32") for p in points)
     fig.add_scatter(
         x=[p.resolution for p in points],
         y=list(values),
@@ -199,6 +212,7 @@ def _measured_line(fig: go.Figure, name: str, points: Sequence[Point], values: S
         name=name,
         legendgroup=name,
         line={"color": colour},
+        marker={"symbol": "diamond" if reduced else "circle", "size": 8},
         hovertext=[_hover(p) for p in points],
         hoverinfo="text",
     )
@@ -210,7 +224,7 @@ def memory_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
     import plotly.graph_objects as go
 
     grouped = _series(results)
-    colours = _colours(list(grouped))
+    colours = _series_colours(grouped)
     nudges = dict(zip(grouped, _nudges(len(grouped))))
     measured = [p.peak_memory_mib for pts in grouped.values() for p in pts if p.peak_memory_mib]
     top = max(measured, default=1024.0) * 1.6
@@ -276,14 +290,17 @@ def fps_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
     import plotly.graph_objects as go
 
     grouped = _series(results)
-    colours = _colours(list(grouped))
+    colours = _series_colours(grouped)
     nudges = dict(zip(grouped, _nudges(len(grouped))))
     measured = [p.fps for pts in grouped.values() for p in pts if p.fps]
     bottom = min(measured, default=1.0) / 2
     fig = go.Figure()
+    rates = gemm_gflops(results)
+    limited = False
     for name, points in grouped.items():
         ok = [p for p in points if p.ok and p.fps]
         _measured_line(fig, name, ok, [p.fps for p in ok], colours[name])
+        limited |= _limit_line(fig, name, ok, rates, colours[name])
         _failure_markers(fig, points, colours[name], name, lambda p: bottom, nudge=nudges[name])
     fig.update_yaxes(title="frames per second", type="log" if log_y else "linear")
     _resolution_axis(fig, results)
@@ -292,8 +309,46 @@ def fps_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
         frozenset({STEADY}): "steady state, after frame 0",
         frozenset({TOTAL}): "over the whole clip",
     }.get(frozenset(bases), "online methods: steady state after frame 0; offline methods: over the whole clip")
-    _layout(fig, _title("Speed vs resolution", results, f"fps {counted}"))
+    notes = [f"fps {counted}"]
+    if limited:
+        measured = ", ".join(f"{dtype} {rate:,.0f}" for dtype, rate in rates.items())
+        notes.append(
+            f"dashed: compute limit = this machine's GEMM rate ({measured} GFLOP/s, torch.mm) / the method's "
+            "FLOPs a frame (torch FlopCounterMode): its fps if all its counted work ran at that rate"
+        )
+    _layout(fig, _title("Speed vs resolution", results, *notes))
     return fig
+
+
+def gemm_gflops(results: dict[str, Any]) -> dict[str, float]:
+    """The GEMM rate per precision the sweep measured on its machine (none in files from before it did)."""
+    gemm = results["hardware"].get("gemm") or {}
+    return {dtype: rate for dtype, rate in (gemm.get("gflops") or {}).items() if rate}
+
+
+def _limit_line(fig: go.Figure, name: str, points: Sequence[Point], rates: dict[str, float], colour: str) -> bool:
+    """The series' compute limit (GEMM rate of its precision / counted FLOPs a frame) as a dashed line; False where
+    its points have no count or the sweep no rate."""
+    limits = [(p, compute_limit_fps(rates.get(p.dtype or "fp32"), p.flops_per_frame)) for p in points]
+    limits = [(p, fps) for p, fps in limits if fps]
+    if not limits:
+        return False
+    fig.add_scatter(
+        x=[p.resolution for p, _ in limits],
+        y=[fps for _, fps in limits],
+        mode="lines",
+        name=f"{name}: compute limit",
+        legendgroup=name,
+        line={"color": colour, "dash": "dash", "width": 1.5},
+        hovertext=[
+            f"<b>{name}</b> {p.resolution}p: compute limit {fps:.3g} fps<br>"
+            f"= GEMM {rates[p.dtype or 'fp32']:,.0f} GFLOP/s / {p.flops_per_frame / 1e9:,.3g} GFLOP a frame<br>"
+            f"measured {p.fps:.3g} fps: {100 * p.fps / fps:.0f}% of the limit"
+            for p, fps in limits
+        ],
+        hoverinfo="text",
+    )
+    return True
 
 
 @dataclass(frozen=True)
@@ -357,10 +412,9 @@ def accuracy_speed_figure(
     figures = paper_figures(infos)
     keys = [info.key for info in infos]
     grouped = _series(results) if results else {}
-    for name in grouped:
-        key = name.split(" · ")[0]
-        if key not in keys:
-            keys.append(key)
+    for points in grouped.values():
+        if points[0].method not in keys:
+            keys.append(points[0].method)
     colours = _colours(keys)
     fig = go.Figure()
     with_speed = [f for f in figures if f.fps]
@@ -387,7 +441,7 @@ def accuracy_speed_figure(
     defaults = {info.key: info.default_variant for info in infos}
     measured_here, unplaced = 0, []
     for name, points in grouped.items():
-        key, _, variant = name.partition(" · ")
+        key, variant = points[0].method, points[0].variant
         ok = [p for p in points if p.ok and p.fps]
         if not ok:
             continue

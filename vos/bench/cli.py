@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vos.bench.charts import export_charts
-from vos.bench.planning import FAILED, NO_WEIGHTS, parse_methods, parse_resolutions
+from vos.bench.planning import FAILED, NO_WEIGHTS, parse_dtypes, parse_methods, parse_resolutions
 from vos.bench.results import hardware, hardware_slug, load_results, points_of, summary_table
 from vos.bench.sweeping import run_sweep
 
@@ -33,7 +33,9 @@ def command_bench(args) -> int:
 
         weights = check_weights_spec(args.weights)  # a missing path fails now, not once per point
         torch_device = vdevice.pick_device(args.device)
-        vdevice.pick_dtype(args.dtype, torch_device)  # fp16 on the CPU fails here, not in every point
+        dtypes = parse_dtypes(args.dtype)
+        for name in dtypes:
+            vdevice.pick_dtype(name, torch_device)  # fp16 on the CPU fails here, not in every point
         device = str(torch_device)
         out = Path(args.out) if args.out else Path(f"bench-{hardware_slug(hardware(device))}.json")
         results = run_sweep(
@@ -42,12 +44,13 @@ def command_bench(args) -> int:
             frames=args.frames,
             repeats=args.repeats,
             device=device,
-            dtype=args.dtype,
+            dtype=dtypes,
             weights=weights,
             timeout=args.timeout,
             memory_cap_mib=getattr(args, "memory_cap", None),
             out=out,
             command=_command_line(args),
+            count_flops=not getattr(args, "no_flops", False),
         )
         print(summary_table(results))
         print(f"Results: {out}")
@@ -65,5 +68,7 @@ def _command_line(args) -> str:
     parts += [f"--dtype {args.dtype}", f"--weights {args.weights}", f"--timeout {args.timeout:g}"]
     if getattr(args, "memory_cap", None):
         parts.append(f"--memory-cap {args.memory_cap:g}")
+    if getattr(args, "no_flops", False):
+        parts.append("--no-flops")
     parts += [f"--opt {opt}" for opt in args.opt]
     return " ".join(parts)

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vos.bench.compute import frame_flops, per_frame
 from vos.bench.planning import CANCELLED, FAILED, MEMORY_CAP, OK, OOM, POLL_SECONDS, STEADY, TIMEOUT, TOTAL, Task
 from vos.errors import VosError
 
@@ -122,7 +123,8 @@ def measure_point(task: Task, status_path: Path | None = None) -> dict[str, Any]
                 status.write(first_frame_runs=first_frame_runs, fps_runs=fps_runs)
     except Exception as err:  # noqa: BLE001 -- a point records any failure; the sweep goes on
         error = err
-    # Memory first: explaining the error imports more modules, which must not count.
+    # Memory first: explaining the error imports more modules, and counting FLOPs runs the method again, neither of
+    # which may count.
     if memory is not None:
         peak = memory.peak_bytes
         if memory.kind == "cpu_rss":
@@ -136,12 +138,21 @@ def measure_point(task: Task, status_path: Path | None = None) -> dict[str, Any]
     if error is not None:
         status.write(**_explain(error, str(torch_device)))
     status.write(
-        phase="done",
         first_frame_s=first_frame_runs[0] if first_frame_runs else None,
         first_frame_runs=first_frame_runs,
         fps=round(statistics.median(fps_runs), 4) if fps_runs else None,
         fps_runs=fps_runs,
     )
+    if error is None and task.count_flops:
+        # A pass of its own, after the timed ones: the counter's Python hook on every operation must not be timed.
+        status.write(phase="counting")
+        try:
+            counts = frame_flops(method, clip, first_mask)
+        except Exception as err:  # noqa: BLE001 -- the timings stand without a count
+            status.write(flops_reason=f"not counted ({type(err).__name__}: {str(err)[:200]})")
+        else:
+            status.write(**per_frame(counts, offline=cls.info.offline))
+    status.write(phase="done")
     return status.record
 
 
@@ -243,6 +254,11 @@ def run_point(
         stderr_tail = _tail(stderr_path)
     record["wall_s"] = round(wall, 3)
     total = task.frames * task.repeats
+    if killed_for and record.get("phase") == "counting":
+        # Its timings and memory were complete: only the extra counting pass was cut short.
+        why = {TIMEOUT: f"the point's {timeout:g} s ran out", MEMORY_CAP: "the memory cap was reached"}
+        record.update(phase="done", flops_reason=f"not counted: {why.get(killed_for, 'stopped by the user')}.")
+        killed_for = None
     if record.get("peak_memory_mib") is None and watched_peak:
         # Killed before it could report: the parent's readings of the child's high-water mark stand in.
         record["peak_memory_mib"] = _mib(watched_peak)

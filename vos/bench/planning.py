@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -103,6 +104,19 @@ def parse_resolutions(text: str | Sequence[int]) -> list[int]:
     return sorted(values)
 
 
+def parse_dtypes(text: str | Sequence[str]) -> list[str]:
+    """Precisions from "fp32,bf16" -> ["fp32", "bf16"]: in the order given, without repeats. A sweep measures each
+    point in each of them, so a reduced precision's speed-up sits beside fp32 in one results file."""
+    from vos.device import DTYPES
+
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = list(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
+    unknown = [name for name in names if name not in DTYPES]
+    if unknown or not names:
+        raise BenchError(f"Unknown precision {', '.join(unknown) or '(none)'}; give some of {', '.join(DTYPES)}.")
+    return names
+
+
 def parse_methods(methods: str | Sequence[str] = "all", options: Sequence[str] = ()) -> list[MethodSpec]:
     """Validated MethodSpecs from "all" (each method's default variant) or "key,key:variant,...".
 
@@ -160,6 +174,7 @@ class Task:
     repeats: int
     objects: int = 2
     gpu_memory_cap_mib: float | None = None
+    count_flops: bool = True  # one more pass after the timed ones, under torch's FLOP counter
 
 
 @dataclass
@@ -196,11 +211,24 @@ class Point:
     wall_s: float | None = None  # the whole subprocess, start-up included
     load_avg: list[float] | None = None  # the machine's 1-minute load average as the point started and ended
     scores: dict[str, float] | None = None  # accuracy, when a sweep measured it (not with random weights)
+    # Work counted by torch's FlopCounterMode in a pass of its own (vos.bench.compute): per frame over the frames the
+    # fps counts (fps_basis), frame 0's alone, and every frame's; flops_reason says why a point has none.
+    flops_per_frame: float | None = None
+    first_frame_flops: float | None = None
+    flops_frames: list[float] = field(default_factory=list)
+    flops_reason: str | None = None
     config: dict[str, Any] | None = None  # method.config(): effective options, weights' provenance
 
     @property
-    def series(self) -> str:
+    def method_variant(self) -> str:
         return f"{self.method} · {self.variant}"
+
+    @property
+    def series(self) -> str:
+        """The chart line and skip group: method · variant, and the precision where it is not the reference fp32
+        (a sweep may measure bf16 beside fp32)."""
+        reduced = self.dtype not in (None, "fp32")
+        return f"{self.method_variant} · {self.dtype}" if reduced else self.method_variant
 
     @property
     def ok(self) -> bool:
@@ -229,11 +257,13 @@ def plan(
     frames: int,
     repeats: int,
     device: str,
-    dtype: str,
+    dtype: str | Sequence[str],
     weights: str,
     gpu_memory_cap_mib: float | None = None,
+    count_flops: bool = True,
 ) -> list[tuple[Point, Task]]:
-    """Every point of the sweep, method by method, resolutions ascending."""
+    """Every point of the sweep, method by method, then precision by precision (``dtype``: one or several),
+    resolutions ascending."""
     from vos.methods import base as mbase
 
     if frames < 2:
@@ -245,7 +275,7 @@ def plan(
         cls = mbase.method_class(spec.key)
         info = cls.info
         variant = spec.variant or info.default_variant
-        for resolution in resolutions:
+        for dtype_name, resolution in itertools.product(parse_dtypes(dtype), resolutions):
             size = frame_size(resolution)
             options = size_option(info, spec.options, size)
             point = Point(
@@ -258,7 +288,7 @@ def plan(
                 frames=frames,
                 repeats=repeats,
                 device=device,
-                dtype=dtype,
+                dtype=dtype_name,
                 weights=spec.weights or weights,
                 options={k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
             )
@@ -270,12 +300,13 @@ def plan(
                 options=options,
                 weights=spec.weights or weights,
                 device=device,
-                dtype=dtype,
+                dtype=dtype_name,
                 resolution=resolution,
                 size=size,
                 frames=frames,
                 repeats=repeats,
                 gpu_memory_cap_mib=gpu_memory_cap_mib,
+                count_flops=count_flops,
             )
             points.append((point, task))
     return points

@@ -1,4 +1,8 @@
-"""The results file (JSON, ``format: vos-bench``): writing, checking, reading, the stored results and text summaries."""
+"""The results file (JSON, ``format: vos-bench``): writing, checking, reading, the stored results and text summaries.
+
+Fields added after the first files were stored are optional, so those files still load and chart: the machine's
+GEMM rate (``hardware.gemm``), each point's counted FLOPs (``flops_per_frame``, ``first_frame_flops``,
+``flops_frames``) and its precision (``dtype``; a sweep's ``settings.dtype`` may name several, "fp32,bf16")."""
 
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ _NUMBER_FIELDS = (
     "baseline_memory_mib",
     "host_peak_mib",
     "wall_s",
+    "flops_per_frame",
+    "first_frame_flops",
 )
 
 
@@ -116,13 +122,24 @@ def describe_settings(results: dict[str, Any]) -> str:
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per point for tables (CLI, app)."""
+    """One row per point for tables (CLI, app). A reduced precision's row has its speed-up over the fp32 point of
+    the same method, variant and resolution; the compute limit is the GEMM rate of the point's precision over its
+    counted FLOPs a frame (``vos.bench.compute``)."""
+    from vos.bench.compute import compute_limit_fps
+
+    points = points_of(results)
+    rates = (results["hardware"].get("gemm") or {}).get("gflops") or {}
+    reference = {(p.method, p.variant, p.resolution): p.fps for p in points if p.ok and (p.dtype or "fp32") == "fp32"}
     rows = []
-    for p in points_of(results):
+    for p in points:
+        dtype = p.dtype or "fp32"
+        limit = compute_limit_fps(rates.get(dtype), p.flops_per_frame)
+        base = reference.get((p.method, p.variant, p.resolution))
         rows.append(
             {
                 "method": p.method,
                 "variant": p.variant,
+                "dtype": dtype,
                 "resolution": f"{p.resolution}p",
                 "size": f"{p.size[0]}x{p.size[1]}",
                 "status": STATUS_LABELS.get(p.status, p.status),
@@ -132,6 +149,10 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "load s": p.load_s,
                 "first frame s": p.first_frame_s,
                 "fps": p.fps,
+                "speed-up": p.fps / base if dtype != "fp32" and p.ok and p.fps and base else None,
+                "GFLOP/frame": p.flops_per_frame / 1e9 if p.flops_per_frame else None,
+                "limit fps": limit,
+                "% of limit": 100 * p.fps / limit if limit and p.ok and p.fps else None,
                 "reason": p.reason or "",
             }
         )
@@ -151,6 +172,10 @@ def summary_table(results: dict[str, Any]) -> str:
     if not rows:
         return "No points."
     columns = ["method", "variant", "resolution", "size", "status", "peak MiB", "load s", "first frame s", "fps"]
+    optional = ["speed-up", "GFLOP/frame", "limit fps", "% of limit"]  # shown where some point has them
+    if len({row["dtype"] for row in rows}) > 1:
+        columns.insert(2, "dtype")
+    columns += [name for name in optional if any(row[name] is not None for row in rows)]
 
     def cell(value: Any) -> str:
         if value is None:

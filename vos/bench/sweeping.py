@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vos.bench.compute import measure_gemm
 from vos.bench.measure import run_point
 from vos.bench.planning import (
     CANCELLED,
@@ -21,6 +22,7 @@ from vos.bench.planning import (
     STATUS_LABELS,
     Point,
     default_memory_cap_mib,
+    parse_dtypes,
     plan,
 )
 from vos.bench.results import hardware, write_results
@@ -42,7 +44,7 @@ def sweep(
     frames: int = 8,
     repeats: int = 1,
     device: str = "auto",
-    dtype: str = "fp32",
+    dtype: str | Sequence[str] = "fp32",
     weights: str = "random",
     timeout: float = 600.0,
     memory_cap_mib: float | None = None,
@@ -50,6 +52,7 @@ def sweep(
     out: str | Path | None = None,
     cancel: threading.Event | None = None,
     command: str | None = None,
+    count_flops: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Measure every point, one subprocess each; yield the results (a dict as written to JSON) after each point.
 
@@ -62,7 +65,9 @@ def sweep(
 
     torch_device = vdevice.pick_device(device)
     device_name = str(torch_device)
-    vdevice.pick_dtype(dtype if dtype != "fp32" else None, torch_device)  # fp16 on CPU: fail before any work
+    dtypes = parse_dtypes(dtype)
+    for name in dtypes:
+        vdevice.pick_dtype(name, torch_device)  # fp16 on CPU: fail before any work
     # Only a cap the user gave limits the GPU: the default comes from the host's free RAM.
     gpu_cap = memory_cap_mib if torch_device.type == "cuda" and memory_cap_mib else None
     if memory_cap_mib is None:
@@ -73,19 +78,24 @@ def sweep(
         frames=frames,
         repeats=repeats,
         device=device_name,
-        dtype=dtype,
+        dtype=dtypes,
         weights=weights,
         gpu_memory_cap_mib=gpu_cap,
+        count_flops=count_flops,
     )
+    machine = hardware(device_name)
+    if count_flops and todo:
+        # The compute limit's rate, measured before the points so that it is in the file from the first one.
+        machine["gemm"] = measure_gemm(device_name)
     results: dict[str, Any] = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "vos_version": _vos_version(),
-        "hardware": hardware(device_name),
+        "hardware": machine,
         "settings": {
             "device": device_name,
-            "dtype": dtype,
+            "dtype": ",".join(dtypes),
             "weights": weights,
             "frames": frames,
             "repeats": repeats,
@@ -171,6 +181,10 @@ def _fill(point: Point, record: dict[str, Any]) -> None:
         "host_peak_mib",
         "wall_s",
         "config",
+        "flops_per_frame",
+        "first_frame_flops",
+        "flops_frames",
+        "flops_reason",
     ):
         if name in record:
             setattr(point, name, record[name])
