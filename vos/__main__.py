@@ -150,7 +150,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "speed chart then has no compute-limit lines",
     )
     p.set_defaults(module="vos.bench", function="command_bench")
-    actions = p.add_subparsers(dest="action", required=False, metavar="{agreement}")
+    actions = p.add_subparsers(dest="action", required=False, metavar="{agreement,profile}")
     agree = actions.add_parser(
         "agreement",
         help="masks in a reduced precision against fp32 on real footage: mean IoU, time and speed-up per method",
@@ -168,6 +168,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     agree.add_argument("--opt", action="append", default=[], metavar="KEY.NAME=VALUE")
     agree.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     agree.set_defaults(module="vos.bench.agreement", function="command_agreement")
+    prof = actions.add_parser(
+        "profile",
+        help="where one method's time goes: named regions' time and FLOPs against the machine's GEMM rate",
+        description="Run one method on real footage (Carphone resized to --size rows, 16:9) once timed and once "
+        "under torch's FlopCounterMode, and print per region (backbone, affinity, EM, CRF training...) its time, "
+        "share, counted GFLOP and compute limit (FLOPs / the machine's fp32 GEMM rate), for frame 0 and per later "
+        "frame.",
+    )
+    prof.add_argument("method", help="KEY or KEY:VARIANT (regions are declared for tvos and mixture)")
+    prof.add_argument("--frames", type=_positive(int), default=6, help="frames of the footage")
+    prof.add_argument("--size", type=_positive(int), default=480, help="the frames' height (width: 16:9)")
+    prof.add_argument("--device", default="cpu")
+    prof.add_argument("--opt", action="append", default=[], metavar="KEY.NAME=VALUE")
+    prof.set_defaults(module="vos.bench.profile", function="command_profile")
 
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:

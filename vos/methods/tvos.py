@@ -16,14 +16,14 @@ reaches back 44: option ``window``).
 What differs from the release, with the same output:
 - Memory: the release keeps the features of every frame (6.6 MB per frame at 480p); here only frames that some later
   target can still reference are kept (at most ~45), so a long clip costs no more than a short one.
-- The affinity is computed ``chunk_size`` target pixels at a time instead of as one (9HW x HW) matrix (1.42 GB at
-  480p, 38 GB at 1080p in the release), so peak memory grows linearly with the number of pixels. The softmax runs
-  over reference pixels for each target pixel, so chunking targets is exact; to keep it exact in the last bit too,
-  every matrix product runs on blocks of exactly ``ROW_BLOCK`` target pixels (one large product picks its BLAS
-  kernel by size, which changes the rounding): the scores do not depend on ``chunk_size`` at all.
-  Measured on the development machine's CPU (random features, 1080p = a 135x240 grid, nine references, chunk 1024):
-  one frame's propagation peaks at 4.3 GB resident (3.5 GB above the process's baseline); the history adds at
-  most ~45 x 33 MB. Three 1080p frames end to end with random weights: 2.1 GB peak.
+- The affinity is never held whole (the release builds one (9HW x HW) matrix: 1.42 GB at 480p, 38 GB at 1080p):
+  ``chunk_size`` target cells meet one reference frame at a time and the softmax over all nine frames is
+  accumulated with a running maximum (the online softmax of flash attention), so each affinity element is produced,
+  exponentiated, weighted by the prior and summed against the labels while it is in cache. The softmax's
+  normalisation then comes last instead of first: scores agree with the plain formula to float rounding (<= 1e-6
+  relative; tests/test_tvos.py), and label maps are identical to the release-order dense computation on the tests'
+  clips, on the bundled example and on real footage (see "Profile"). Products run on blocks of exactly
+  ``ROW_BLOCK`` target cells and everything else is per row, so the scores do not depend on ``chunk_size`` at all.
 - The product is laid out target-major (targets as rows, the softmax along each row); the release's column layout
   is the same arithmetic up to float rounding order.
 - Object ids of the prompt may be any values (1, 3, 7): they become contiguous channels inside and come back on exit.
@@ -166,9 +166,10 @@ INFO = MethodInfo(
         Option(
             "chunk_size",
             int,
-            1024,
-            f"Target pixels (feature cells) whose affinities are held at once, rounded up to a multiple of "
-            f"{ROW_BLOCK}; 0 = the whole frame (the release's dense matrix). Memory only: the masks are identical.",
+            ROW_BLOCK,
+            f"Target pixels (feature cells) whose affinities with one reference frame are held at once, rounded up "
+            f"to a multiple of {ROW_BLOCK}; 0 = the whole frame. Speed and memory only: the masks are identical "
+            f"(the default keeps each tile in cache).",
             minimum=0,
         ),
     ),

@@ -455,7 +455,9 @@ class _Session:
         )
         self.mixtures = vmf.initial_mixtures(centres, active, self.n_features)
         self.history = vmf.History.empty(num_objects, self.num_models, k_max, dim, self.n_features, device)
-        self.report("fitting the mixtures", 0, 1)
+        # EM stops early at its tolerance, so the bar counts iterations against the cap and then jumps to done.
+        fitting = "fitting the mixtures"
+        self.report(fitting, 0, opts["max_iters"])
         stats, sums = vmf.em(
             self.mixtures,
             f,
@@ -465,9 +467,10 @@ class _Session:
             tolerance=opts["rll_tol"],
             history=None,
             block_elements=self.budget,
+            on_iteration=lambda done, total: self.report(fitting, done, total),
         )
         self.history.save(f, stats, sums, 1.0, self.step_size)
-        self.report("fitting the mixtures", 1, 1)
+        self.report(fitting, opts["max_iters"], opts["max_iters"])
 
     def vectors(self, raw: torch.Tensor, pe_weight: float) -> torch.Tensor:
         """L2norm([f, w rho]) per cell."""
@@ -526,6 +529,9 @@ class _Session:
                 pe_unit=self.pe_unit,
                 thresholds=self.thresholds,
                 block_elements=self.budget,
+                on_iteration=(
+                    (lambda done, total: self.report("fitting frame 0 again", done, total)) if t == 0 else None
+                ),
             )
             self.history.save(run, stats, sums, now, self.step_size)
         self.history.age(torch.nonzero(skipped).flatten(), self.step_size)

@@ -195,8 +195,10 @@ class _PacMessage(torch.autograd.Function):
         grad_padded = torch.zeros_like(padded)
         for o, offset in enumerate(OFFSETS):
             window = _window(padded, offset, dilation, (h, w))
-            torch.sum(mixed[:, o] * window, dim=0, out=grad_kernel[o])
-            _window(grad_padded, offset, dilation, (h, w)).add_(mixed[:, o] * kernel[o])
+            torch.mul(mixed[0, o], window[0], out=grad_kernel[o])  # sum over classes without a (C, H, W) temporary
+            for k in range(1, c):
+                grad_kernel[o].addcmul_(mixed[k, o], window[k])
+            _window(grad_padded, offset, dilation, (h, w)).addcmul_(mixed[:, o], kernel[o])
         reach = (KERNEL // 2) * dilation
         return grad_padded[:, reach : reach + h, reach : reach + w], grad_kernel, grad_weight, None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -379,6 +380,7 @@ def em(
     pe_unit: torch.Tensor | None = None,
     thresholds: torch.Tensor | None = None,
     block_elements: int = 1 << 20,
+    on_iteration: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run EM for ``objects`` (rows of ``mixtures``, updated in place) on their points of ``frame`` (N, d).
 
@@ -388,6 +390,7 @@ def em(
     stored 0/1 indicator at each point's cell. Returns the statistics to save, (n, S, K, d) and (n, S, K): the
     last M-step's sum q x and the last E-step's sum q (the release's pair when it stops early).
     ``block_elements`` bounds each dense (objects x points x S*K) block; it changes sums in the last bits only.
+    ``on_iteration(done, iterations)`` is called after each iteration (progress; it may raise to stop).
     """
     device = frame.device
     nf = mixtures.n_features
@@ -435,6 +438,8 @@ def em(
         sub.assign(running, new)
         save_stats[running] = stats
         save_counts[running] = counts
+        if on_iteration is not None:
+            on_iteration(step + 1, iterations)
     log.debug("mixture EM: %d objects, %d iterations, %d still running", count, step + 1, running.numel())
     mixtures.assign(objects, sub)
     return save_stats, save_counts
