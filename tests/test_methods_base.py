@@ -145,3 +145,13 @@ def test_cpu_memory_probe_sees_an_allocation():
         del block
     assert probe.kind == "cpu_rss"
     assert probe.peak_bytes - probe.baseline_bytes > 250 * 2**20
+
+
+def test_freed_memory_is_kept_for_reuse_and_given_back_on_request():
+    import sys
+
+    from vos import device as vdevice
+
+    kept = vdevice.keep_freed_memory()
+    assert kept is (sys.platform.startswith("linux") and vdevice._glibc() is not None)
+    vdevice.release_freed_memory()  # never raises, with or without glibc
