@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import vos.methods as vm
@@ -588,3 +589,59 @@ def test_info_declares_variants_weights_and_paper_switches():
     assert info.option("paper_w_rho").default is False and info.option("paper_time_kernel").default is False
     assert any(r.metrics.get("J&F") == 76.3 for r in info.reported)
     assert {r.fps for r in info.reported if r.fps} == {8.25, 6.50, 5.25, 1.55, 1.28, 1.10}
+
+
+def _plain_pac_crf(crf: PacCrf, unary: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """TEST ONLY: the PAC-CRF as pacnet states it, with unfold: f = (y, x, R, G, B) / scales, zero-padded, the kernel
+    exp(-0.5 ||f(p) - f(q)||^2) over each 5x5 dilated window, the message W . (K * unfold(Q))."""
+    from vos.methods.mixture import crf as crf_module
+
+    _, c, h, w = unary.shape
+    rows, cols = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    mesh = torch.stack([rows, cols])[None]
+    kernels = []
+    for scales, dil in zip(crf.feat_scales, crf_module.DILATIONS):
+        feat = torch.cat([mesh / scales[:2].view(-1, 1, 1), image / scales[2:].view(-1, 1, 1)], dim=1)
+        win = F.unfold(feat, 5, dilation=dil, padding=2 * dil).view(1, 5, 25, h * w)
+        kernels.append(torch.exp(-0.5 * (win - win[:, :, 12:13]).pow(2).sum(1)))  # (1, 25, HW)
+    unary = unary * crf_module.UNARY_SCALE
+    log_q = unary
+    for step in range(crf.num_steps):
+        q = F.softmax(log_q, dim=1)
+        log_q = unary * crf.unary_weight[step]
+        for term, (kernel, dil, sign) in enumerate(zip(kernels, crf_module.DILATIONS, crf_module.PAIRWISE_SIGNS)):
+            weighted = F.unfold(q, 5, dilation=dil, padding=2 * dil).view(c, 25, h * w) * kernel
+            if term < 2:
+                msg = crf.class_weight[step, term].reshape(c, -1) @ weighted.reshape(-1, h * w)
+            else:
+                msg = (crf.potts_weight[step].reshape(1, 1, -1) @ weighted).reshape(c, h * w)
+            log_q = log_q - msg.view(1, c, h, w) * sign
+    return log_q
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_crf_equals_a_plain_unfold_statement_with_its_gradients(classes):
+    # Frames smaller than the 64-pixel dilation reach and a little larger: windows fall off every edge.
+    generator = torch.Generator().manual_seed(classes)
+    ours = PacCrf(classes, generator=torch.Generator().manual_seed(7))
+    plain = PacCrf(classes, generator=torch.Generator().manual_seed(7))
+    image = torch.rand(1, 3, 40, 150, generator=generator) * 255
+    truth = torch.randint(0, classes, (40, 150), generator=generator)
+    unary = F.one_hot(truth, classes).permute(2, 0, 1)[None].float()
+    a, b = ours(unary, image), _plain_pac_crf(plain, unary, image)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    dual_focal_loss(a, truth).backward()
+    dual_focal_loss(b, truth).backward()
+    for (name, p), q in zip(ours.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_pac_message_backward_passes_gradcheck():
+    from vos.methods.mixture.crf import _PacMessage
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.rand(2, 7, 9, dtype=torch.double, generator=generator).requires_grad_()
+    kernel = torch.rand(25, 7, 9, dtype=torch.double, generator=generator).requires_grad_()
+    weight = torch.randn(3, 2, 25, dtype=torch.double, generator=generator).requires_grad_()
+    for dilation in (1, 2, 4):
+        assert torch.autograd.gradcheck(lambda a, b, c, d=dilation: _PacMessage.apply(a, b, c, d), (q, kernel, weight))

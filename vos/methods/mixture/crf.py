@@ -12,7 +12,14 @@ Q = softmax(logQ); logQ = u * unary - m0 - m1 + m2, with unary = 5 * one-hot(lab
   (initially 16.25, 16.25, 30, 30, 30); zero padding for f and Q.
 
 The release builds this from NVIDIA's pacnet (PacCRFLoose of PacConv2d); this is the same computation written
-directly, with the same random draws in the same order at construction.
+directly, with the same random draws in the same order at construction. Two things are arranged for speed, both
+equal to the release up to float rounding (tests/test_mixture.py checks against a plain unfold statement):
+
+- the messages gather the 25 neighbours as shifted views of the zero-padded Q, with a hand-written backward
+  (``_PacMessage``), instead of unfold/col2im: with a dilation of 64, im2col and its backward were most of the
+  frame-0 training (the issue's profile: 59% in the kernels' backward, 8% in im2col);
+- ||f(p) - f(q)||^2 is summed as (x_i(p) - x_i(q))^2 / s_i^2 rather than (x_i(p)/s_i - x_i(q)/s_i)^2, so the
+  squared colour differences are taken once per training step without autograd and only 1/s^2 is differentiated.
 """
 
 from __future__ import annotations
