@@ -367,6 +367,24 @@ def test_full_model_with_random_weights_runs_at_a_lower_working_size(random_tvos
     assert random_tvos.config()["options"]["window"] == 44
 
 
+def test_online_softmax_option_reaches_the_propagation(monkeypatch):
+    seen = []
+    original = tvos.propagate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["online"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tvos, "propagate", recording)
+    data = moving_shapes(3, (48, 64), 2, seed=3)
+    for online in (False, True):
+        method = vm.create("tvos", weights="random", device="cpu", online_softmax=online)
+        monkeypatch.setattr(method, "embed", _colour_feature)
+        outputs = list(method.segment(Clip.from_frames(data.frames), data.masks[0]))
+        assert len(outputs) == 3 and all(o.shape == (48, 64) for o in outputs)
+    assert seen == [False, False, True, True]
+
+
 def test_registered_with_its_options_and_figures():
     assert "tvos" in [info.key for info in vm.available()]
     info = vm.get_info("tvos")
