@@ -199,27 +199,6 @@ def test_chunked_propagation_equals_one_matrix_exactly(grid, count):
     reference = _release_order_dense(target, references, labels, sigmas, grid, 0.7)
     torch.testing.assert_close(whole, reference, rtol=1e-5, atol=1e-6)
     assert torch.equal(whole.argmax(1), reference.argmax(1))
-    # The online softmax (an option): independent of the chunk size to the last bit, and close to the plain matrix.
-    online = tvos.propagate(target, references, labels, sigmas, grid, chunk_size=0, online=True, **kwargs)
-    for chunk in (1, 300, 10_000):
-        chunked = tvos.propagate(target, references, labels, sigmas, grid, chunk_size=chunk, online=True, **kwargs)
-        assert torch.equal(chunked, online), chunk
-    torch.testing.assert_close(online, single, rtol=1e-5, atol=1e-7)
-    assert not torch.equal(online, single)  # the option is not the default's arithmetic
-
-
-def test_running_softmax_survives_logits_that_overflow_a_plain_exponent():
-    # Logits near 1000 (exp overflows float32) and a later frame whose maximum exceeds the first frame's by far:
-    # the running maximum must rescale what was accumulated, never produce inf or NaN.
-    grid = (3, 4)
-    cells = 12
-    target = torch.full((cells, 1), 10.0)
-    references = torch.cat([torch.full((1, cells), 90.0), torch.full((1, cells), 100.0)], dim=1)
-    labels = torch.cat([torch.tensor([[1.0, 0.0]]).repeat(cells, 1), torch.tensor([[0.0, 1.0]]).repeat(cells, 1)])
-    scores = tvos.propagate(target, references, labels, [1e6, 1e6], grid, chunk_size=0, online=True)
-    assert torch.isfinite(scores).all()
-    # softmax weights: frame 0 exp(900 - 1000) ~ 0, frame 1 1/12 each; the prior is ~1 at sigma 1e6.
-    torch.testing.assert_close(scores, torch.tensor([[0.0, 1.0]]).repeat(cells, 1), atol=1e-6, rtol=1e-6)
 
 
 def test_spatial_weight_is_applied_after_the_softmax_without_renormalising():
@@ -365,24 +344,6 @@ def test_full_model_with_random_weights_runs_at_a_lower_working_size(random_tvos
             assert output.shape == (64, 64) and output.dtype == np.uint8
             assert set(np.unique(output)) <= {0, 2, 5}
     assert random_tvos.config()["options"]["window"] == 44
-
-
-def test_online_softmax_option_reaches_the_propagation(monkeypatch):
-    seen = []
-    original = tvos.propagate
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs["online"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tvos, "propagate", recording)
-    data = moving_shapes(3, (48, 64), 2, seed=3)
-    for online in (False, True):
-        method = vm.create("tvos", weights="random", device="cpu", online_softmax=online)
-        monkeypatch.setattr(method, "embed", _colour_feature)
-        outputs = list(method.segment(Clip.from_frames(data.frames), data.masks[0]))
-        assert len(outputs) == 3 and all(o.shape == (48, 64) for o in outputs)
-    assert seen == [False, False, True, True]
 
 
 def test_registered_with_its_options_and_figures():

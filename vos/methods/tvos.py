@@ -23,8 +23,6 @@ What differs from the release, with the same output:
   its BLAS kernel by size, which changes the rounding): the scores do not depend on ``chunk_size`` at all. The
   softmax runs in place (torch's own kernel, so the same bits): a fresh buffer per chunk cost more in page faults
   than the softmax itself.
-- Option ``online_softmax`` (off): one reference frame at a time with a running maximum, so each affinity is used
-  while in cache; the normalisation then comes last, so scores differ in the last bits (see "Profile").
 - The product is laid out target-major (targets as rows, the softmax along each row); the release's column layout
   is the same arithmetic up to float rounding order.
 - Object ids of the prompt may be any values (1, 3, 7): they become contiguous channels inside and come back on exit.
@@ -173,14 +171,6 @@ INFO = MethodInfo(
             f"(the default keeps each tile in cache).",
             minimum=0,
         ),
-        Option(
-            "online_softmax",
-            bool,
-            False,
-            "Faster, not exact: meet one reference frame at a time and accumulate the softmax with a running "
-            "maximum, so every affinity is used while in cache. Scores differ in the last bits; on real footage a "
-            "few pixels in ten million change (measured in the module docstring).",
-        ),
     ),
     weights={variant: {"embedding": f"tvos.{variant}"} for variant in VARIANTS},
 )
@@ -284,7 +274,6 @@ def propagate(
     *,
     temperature: float = 1.0,
     chunk_size: int = ROW_BLOCK,
-    online: bool = False,
 ) -> Tensor:
     """Label scores of the target frame's cells from its references.
 
@@ -296,12 +285,9 @@ def propagate(
     exp(-|loc_ref - loc_target|^2 / sigma^2), summed against the labels.
 
     ``chunk_size`` target cells at a time; products run on blocks of exactly ``ROW_BLOCK`` target cells and every
-    other operation is per row, so the scores do not depend on ``chunk_size`` at all. By default each chunk's row
-    of affinities to all N frames is formed, normalised by torch's softmax in place (no new buffer: freshly mapped
-    memory cost more than the softmax) and summed against the labels in one product. ``online`` instead meets one
-    reference frame at a time and accumulates the softmax with a running maximum (flash attention's online
-    softmax): each affinity is produced, exponentiated, weighted and summed while in cache, but the normalisation
-    comes last, so scores differ in the last bits and a near-tie can flip (measured in the module docstring).
+    other operation is per row, so the scores do not depend on ``chunk_size`` at all. Each chunk's row of
+    affinities to all N frames is formed, normalised by torch's softmax in place (no new buffer: freshly mapped
+    memory cost more than the softmax) and summed against the labels in one product.
     Features may be bf16/fp16 (the products run in that precision); everything after the product is fp32.
     """
     h, w = grid
@@ -324,7 +310,7 @@ def propagate(
     ref_row, ref_col = target_row[:cells], target_col[:cells]  # the same grid: frames share one size
 
     scores = torch.empty(rows, labels.shape[1], dtype=torch.float32, device=device)
-    product = torch.empty(chunk, (1 if online else count) * cells, dtype=padded.dtype, device=device)
+    product = torch.empty(chunk, count * cells, dtype=padded.dtype, device=device)
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
         distance = (target_row[start:stop, None] - ref_row).square_() + (
@@ -332,49 +318,16 @@ def propagate(
         ).square_()
         prior = {sigma: torch.exp(-distance / sigma**2) for sigma in set(sigmas)}  # one per width, not per frame
         del distance
-        block = (padded[start:stop], product[: stop - start], scores[start:stop])
-        if online:
-            _propagate_online(*block, references, labels, sigmas, prior, temperature)
-        else:
-            _propagate_rows(*block, references, labels, sigmas, prior, temperature)
+        affinity = rowblock_mm(padded[start:stop], references, block=ROW_BLOCK, out=product[: stop - start])
+        affinity = affinity.float() if affinity.dtype != torch.float32 else affinity
+        if temperature != 1.0:  # x * 1.0 == x: skipping the pass changes nothing
+            affinity.mul_(temperature)
+        torch.ops.aten._softmax.out(affinity, 1, False, out=affinity)  # torch.softmax's own kernel, in place
+        per_frame = affinity.view(stop - start, count, cells)
+        for frame, sigma in enumerate(sigmas):
+            per_frame[:, frame].mul_(prior[sigma])  # after the softmax, not renormalised
+        rowblock_mm(affinity, labels, block=ROW_BLOCK, out=scores[start:stop])
     return scores[:cells]
-
-
-def _propagate_rows(target, product, out, references, labels, sigmas, prior, temperature) -> None:
-    """One chunk, the release's order: the whole row of affinities, softmax, prior, one product with the labels."""
-    affinity = rowblock_mm(target, references, block=ROW_BLOCK, out=product)
-    affinity = affinity.float() if affinity.dtype != torch.float32 else affinity
-    if temperature != 1.0:  # x * 1.0 == x: skipping the pass changes nothing
-        affinity.mul_(temperature)
-    torch.ops.aten._softmax.out(affinity, 1, False, out=affinity)  # torch.softmax's kernel, in place
-    cells = prior[sigmas[0]].shape[1]
-    per_frame = affinity.view(affinity.shape[0], len(sigmas), cells)
-    for frame, sigma in enumerate(sigmas):
-        per_frame[:, frame].mul_(prior[sigma])  # after the softmax, not renormalised
-    rowblock_mm(affinity, labels, block=ROW_BLOCK, out=out)
-
-
-def _propagate_online(target, product, out, references, labels, sigmas, prior, temperature) -> None:
-    """One chunk, one reference frame at a time, the softmax accumulated with a running maximum."""
-    n = target.shape[0]
-    cells = prior[sigmas[0]].shape[1]
-    running_max = torch.full((n, 1), -math.inf, device=target.device)
-    total = torch.zeros(n, 1, device=target.device)
-    out.zero_()
-    for frame, sigma in enumerate(sigmas):
-        columns = slice(frame * cells, (frame + 1) * cells)
-        logits = rowblock_mm(target, references[:, columns], block=ROW_BLOCK, out=product)
-        logits = logits.float() if logits.dtype != torch.float32 else logits
-        if temperature != 1.0:
-            logits.mul_(temperature)
-        new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
-        rescale = torch.exp(running_max - new_max)  # 0 on the first frame (exp(-inf))
-        logits.sub_(new_max).exp_()
-        total.mul_(rescale).add_(logits.sum(dim=1, keepdim=True))
-        logits.mul_(prior[sigma])  # after the softmax's exponent, before its normalisation: not renormalised
-        out.mul_(rescale).add_(rowblock_mm(logits, labels[columns], block=ROW_BLOCK))
-        running_max = new_max
-    out.div_(total)
 
 
 class History:
@@ -480,7 +433,6 @@ class TransductiveVOS(Method):
                     (h, w),
                     temperature=opts["temperature"],
                     chunk_size=opts["chunk_size"],
-                    online=opts["online_softmax"],
                 )
                 del references, labels
                 history.add(t, flat, F.one_hot(scores.argmax(dim=1), num_channels).float())  # hard history
