@@ -26,6 +26,28 @@ What differs from the release, with the same output:
 - The product is laid out target-major (targets as rows, the softmax along each row); the release's column layout
   is the same arithmetic up to float rounding order.
 - Object ids of the prompt may be any values (1, 3, 7): they become contiguous channels inside and come back on exit.
+
+Profile (``python -m vos bench profile tvos --size 480 --frames 12``: random weights, Carphone at 480x854, fp32, the
+2-core AMD EPYC development VM with nothing else running; its fp32 GEMM rate 166-188 GFLOP/s, measured by the same
+command; "limit" = counted FLOPs / that rate):
+
+  region                            s per frame   GFLOP    limit s
+  backbone (ResNet-50 embedding)    1.08          166.9    1.01     (frame 0: 1.22 s)
+  affinity, softmax, prior, labels  1.75          126.3    0.76     (mean of frames 1-11: 1 to 9 references)
+  other (upsampling, argmax)        0.04            -        -
+  total                             2.87          293.1    1.77
+
+At nine references (t >= 10) the affinity is 198 GFLOP, about 2.7 s at the same rate, so a steady frame takes about
+3.8 s (scaled from the mean, not timed alone). The
+backbone runs at the GEMM rate (oneDNN convolutions); the affinity's products have an inner dimension of 256 and run
+at ~40% of it, which is what a 256-deep product reaches with this BLAS (measured alone: 55-65 GFLOP/s a thread
+against 90 for 2048-deep ones). Before this profile the softmax allocated a fresh 59-237 MB buffer per chunk, and
+the page faults of that fresh memory cost more than the softmax: in place, the propagation of one 480p frame at
+nine references went from 7.4 to 5.4 CPU-seconds (one thread, on the machine while it was shared), with
+bit-identical scores (tests/test_tvos.py
+keeps the exact dense-reference test). ``dtype=bf16`` runs the backbone and the affinity's products in bf16
+(the softmax, prior and label sums stay fp32): see the stored sweep for its speed and ``python -m vos bench
+agreement`` for its masks.
 """
 
 from __future__ import annotations

@@ -19,10 +19,7 @@ Features (the release ships none; see the spec's "Features"):
   say how it aligned the grids). The init slice starts at n_features + 3 (768 + 3, 1152 + 3).
 - rgb: no weights (the app's embedded default): each cell's mean colour through a fixed random Fourier map
   (``RgbFeatures``), norm 35. Its own defaults: processing short side 240 (a 60 x W/4 grid instead of 120) and
-  25 CRF training steps instead of 100. Measured on the development machine's CPU (one thread, CPU time), for a
-  30-frame 854x480 synthetic clip: 66 s in all (frame 0 36 s, then 1.1 s per frame), about 0.7 GB above the
-  process's baseline; with ``size=480, crf_iters=100`` (the release's settings) frame 0 alone takes about 370 s
-  and 2.6 GB, then 3 s per frame.
+  25 CRF training steps instead of 100. Its cost is in "Profile" below.
 
 Release bugs fixed here:
 - grid lookups use integer cell indices (the release took floor(u * (H-1)) of normalised floats that had been
@@ -49,6 +46,28 @@ slice of each normalised feature vector: equal up to rounding), EM sums over blo
 initialisation keeps a running sum of cosines instead of recomputing it (same choice, O(K) instead of O(K^2)).
 Random draws come from a generator seeded with ``seed`` in the release's order (CRF construction, mixture
 parameters, first centres, CRF training noise); results depend slightly on the seed, as in the release.
+
+Profile (``python -m vos bench profile mixture:VARIANT --size 480``: random weights, Carphone at 480x854, fp32, the
+2-core AMD EPYC development VM with nothing else running, fp32 GEMM rate 188 GFLOP/s; "limit" = counted FLOPs / that
+rate). xcit, frame 0 (the release's settings: 480 rows, 100 CRF training steps each):
+
+  region                   s      GFLOP    limit s
+  features (XCiT)          3.2     289      1.6
+  EM (both frame-0 fits)  45.2    3311     17.7
+  scoring                  1.4     127      0.7
+  CRF training (2 x 100)  60.3     138      0.7
+  other                    0.6       5       -
+  total                  110.7    3870     20.7
+
+and 5.4 s per later frame (features 2.4, scoring 1.6, EM 1.0, CRF 0.2; limit 3.0 s). The rgb variant at its
+defaults (240 rows, 25 CRF steps): frame 0 in 12.5 s (EM 6.6, CRF training 5.5), then 0.55 s per frame. The
+issue's profile of this code before (on a machine with a 252 GFLOP/s GEMM rate) had frame 0 of xcit at 354 s with 87%
+in the CRF training, 59% of it autograd's backward through the unfolded kernels: the CRF now gathers neighbours as
+shifted views with a hand-written backward (``crf.py``), and training takes 60 s instead of ~300. Label maps are
+identical to those of the code before on Carphone (6 frames, 480x586) and on the bundled example (6 frames), both
+with xcit and seed 123. What is left: EM is a series of 387-deep products over every (point, component) pair and runs
+at ~40% of the GEMM rate; the CRF training is memory traffic (hundreds of passes over the 240x427 frame per step)
+with few FLOPs, so no GEMM rate bounds it.
 """
 
 from __future__ import annotations
