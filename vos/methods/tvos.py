@@ -46,8 +46,9 @@ the page faults of that fresh memory cost more than the softmax: in place, the p
 nine references went from 7.4 to 5.4 CPU-seconds (one thread, on the machine while it was shared), with
 bit-identical scores (tests/test_tvos.py
 keeps the exact dense-reference test). ``dtype=bf16`` runs the backbone and the affinity's products in bf16
-(the softmax, prior and label sums stay fp32): see the stored sweep for its speed and ``python -m vos bench
-agreement`` for its masks.
+(the softmax, prior and label sums stay fp32). On real footage (``python -m vos bench agreement --methods tvos
+--frames 10 --size 144``: Carphone 144x176, random weights, the machine to itself) its masks agree with fp32's at
+mean IoU 0.9999, 1.5x faster; the stored sweep has its speed at 120-480p.
 """
 
 from __future__ import annotations
