@@ -141,6 +141,21 @@ def _layout(fig: go.Figure, title: str) -> None:
     )
 
 
+PNG_WIDTH = 1000
+PNG_PLOT_HEIGHT = 340  # the plot itself; the title above and the legend below get what they need on top
+LEGEND_PER_ROW = 4  # legend entries a 1000-pixel row holds
+
+
+def _fit_png(fig: go.Figure) -> int:
+    """The PNG's height for ``fig``: its title's margin, a fixed plot, and room below for every legend row (a sweep
+    with bf16 series has twice the entries, which a fixed height squeezed into the plot)."""
+    entries = sum(1 for trace in fig.data if trace.showlegend is not False)
+    rows = -(-entries // LEGEND_PER_ROW)
+    bottom = max(fig.layout.margin.b or 0, 90 + 26 * rows)
+    fig.update_layout(margin={"b": bottom})
+    return (fig.layout.margin.t or 0) + PNG_PLOT_HEIGHT + bottom
+
+
 def _hover(point: Point) -> str:
     lines = [
         f"<b>{point.series}</b> {point.resolution}p ({point.size[0]}x{point.size[1]}), {point.frames} frames",
@@ -534,7 +549,7 @@ def export_charts(
         if png:
             png_path = out_dir / f"{stem}-{name}.png"
             try:
-                fig.write_image(png_path, width=1000, height=560, scale=1)
+                fig.write_image(png_path, width=PNG_WIDTH, height=_fit_png(fig), scale=1)
             except Exception as err:  # noqa: BLE001 -- kaleido/Chrome problems vary; the HTML is still there
                 raise BenchError(
                     f"Could not write {png_path.name} ({type(err).__name__}: {err}). PNG export needs kaleido "
