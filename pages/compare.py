@@ -161,7 +161,8 @@ def option_component(info: MethodInfo, opt: Option) -> gr.components.Component:
         return gr.Number(value=opt.default, precision=0, **common)
     if opt.type is float:
         return gr.Number(value=opt.default, **common)
-    return gr.Textbox(value=opt.format(opt.default), **common)
+    # An option without a default (ba's size: the release's) must come back empty, not as the word None.
+    return gr.Textbox(value="" if opt.default is None else opt.format(opt.default), **common)
 
 
 def option_overrides(info: MethodInfo, values: dict[str, Any]) -> dict[str, Any]:

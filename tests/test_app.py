@@ -589,3 +589,20 @@ def test_gradio_client_runs_a_full_comparison(served_app, tiny, tmp_path):
     names = [Path(f).name for f in files]
     assert names[0] == "side_by_side.mp4" and names[1].endswith("_masks.zip") and names[2].endswith("_run.zip")
     assert all(Path(f).stat().st_size > 0 for f in files)
+
+
+def test_every_methods_option_widgets_start_at_values_a_run_accepts():
+    """The widgets' initial values, sent back untouched, must parse to no overrides for every registered method
+    (ba's size, an option without a default, once came back as the word None and stopped every run with ba)."""
+    import gradio as gr
+
+    from pages import compare
+    from vos.methods import base as mbase
+
+    for key in mbase.list_keys():
+        info = mbase.method_class(key).info
+        values = {}
+        with gr.Blocks():
+            for opt in info.options:
+                values[opt.name] = compare.option_component(info, opt).value
+        assert compare.option_overrides(info, values) == {}, key
