@@ -60,6 +60,20 @@ class CorrectorInputs:
     exemplar_scores: Tensor
     exemplar_frames: Tensor
 
+    def run(self, corrector, index: Tensor, *, masks: Tensor | None = None, reconstruct: bool = False):
+        """``corrector`` on the frames ``index`` (one window), with the window's proposals or ``masks``."""
+        return corrector(
+            self.rgbs[index],
+            self.masks[index] if masks is None else masks,
+            self.tokens[index],
+            index,
+            self.exemplar_tokens,
+            self.exemplar_masks,
+            self.exemplar_scores,
+            self.exemplar_frames,
+            reconstruct=reconstruct,
+        )
+
     def detached(self) -> CorrectorInputs:
         """Plain copies (tensors made under inference mode cannot be saved for backward)."""
         return CorrectorInputs(*(t.clone() for t in vars(self).values()))
@@ -81,16 +95,9 @@ def adaptation_loss(
     """Eq. 8 (weights 1) on one window: ``pseudo`` (T, 3, 128, 224) 0/1 masks of the whole clip."""
     index = torch.tensor(window, device=inputs.rgbs.device)
     with autocast():
-        logits, features, alphas = corrector(
-            inputs.rgbs[index],
-            torch.zeros_like(inputs.masks[index]),  # the paper zeroes the flow masks fed to the upsampling module
-            inputs.tokens[index],
-            index,
-            inputs.exemplar_tokens,
-            inputs.exemplar_masks,
-            inputs.exemplar_scores,
-            inputs.exemplar_frames,
-            reconstruct=True,
+        # The paper zeroes the flow masks fed to the upsampling module.
+        logits, features, alphas = inputs.run(
+            corrector, index, masks=torch.zeros_like(inputs.masks[index]), reconstruct=True
         )
     logits = logits.float()
     objects = logits.shape[1]

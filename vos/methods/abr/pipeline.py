@@ -184,16 +184,7 @@ def correct(
     for w, window in enumerate(targets):
         index = torch.tensor(window, device=inputs.masks.device)
         with autocast():
-            logits = corrector(
-                inputs.rgbs[index],
-                inputs.masks[index],
-                inputs.tokens[index],
-                index,
-                inputs.exemplar_tokens,
-                inputs.exemplar_masks,
-                inputs.exemplar_scores,
-                inputs.exemplar_frames,
-            )
+            logits = inputs.run(corrector, index)
         for position, frame in enumerate(window):  # the last write wins (padded windows repeat the last frame)
             probabilities[frame] = logits[position].float().sigmoid()
         report(w + 1, len(targets))
