@@ -38,14 +38,13 @@ command; "limit" = counted FLOPs / that rate):
   total                             2.87          293.1    1.77
 
 At nine references (t >= 10) the affinity is 198 GFLOP, about 2.7 s at the same rate, so a steady frame takes about
-3.8 s (scaled from the mean, not timed alone). The
-backbone runs at the GEMM rate (oneDNN convolutions); the affinity's products have an inner dimension of 256 and run
-at ~40% of it, which is what a 256-deep product reaches with this BLAS (measured alone: 55-65 GFLOP/s a thread
-against 90 for 2048-deep ones). Before this profile the softmax allocated a fresh 59-237 MB buffer per chunk, and
-the page faults of that fresh memory cost more than the softmax: in place, the propagation of one 480p frame at
-nine references went from 7.4 to 5.4 CPU-seconds (one thread, on the machine while it was shared), with
-bit-identical scores (tests/test_tvos.py
-keeps the exact dense-reference test). ``dtype=bf16`` runs the backbone and the affinity's products in bf16
+3.8 s (scaled from the mean, not timed alone). The backbone runs at the GEMM rate (oneDNN convolutions); the
+affinity's products have an inner dimension of 256 and run at ~40% of it, which is what a 256-deep product reaches
+with this BLAS (measured alone: 55-65 GFLOP/s a thread against 90 for 2048-deep ones). Before this profile the
+softmax allocated a fresh 59-237 MB buffer per chunk, and the page faults of that fresh memory cost more than the
+softmax: in place, the propagation of one 480p frame at nine references went from 7.4 to 5.4 CPU-seconds (one
+thread, on the machine while it was shared), with bit-identical scores (tests/test_tvos.py keeps the exact
+dense-reference test). ``dtype=bf16`` runs the backbone and the affinity's products in bf16
 (the softmax, prior and label sums stay fp32). On real footage (``python -m vos bench agreement --methods tvos
 --frames 10 --size 144``: Carphone 144x176, random weights, the machine to itself) its masks agree with fp32's at
 mean IoU 0.9999, 1.5x faster; the stored sweep has its speed at 120-480p.
@@ -189,9 +188,8 @@ INFO = MethodInfo(
             "chunk_size",
             int,
             ROW_BLOCK,
-            f"Target pixels (feature cells) whose affinities with one reference frame are held at once, rounded up "
-            f"to a multiple of {ROW_BLOCK}; 0 = the whole frame. Speed and memory only: the masks are identical "
-            f"(the default keeps each tile in cache).",
+            f"Target pixels (feature cells) whose affinities are held at once, rounded up to a multiple of "
+            f"{ROW_BLOCK}; 0 = the whole frame (the release's dense matrix). Memory only: the masks are identical.",
             minimum=0,
         ),
     ),
@@ -326,7 +324,6 @@ def propagate(
     padded = target.new_zeros(rows, target.shape[1])  # zero rows: harmless, their scores are dropped
     padded[:cells] = target
     chunk = rows if chunk_size <= 0 else min(rows, -(-chunk_size // ROW_BLOCK) * ROW_BLOCK)
-    labels = labels.float()
 
     index = torch.arange(rows, device=device)
     target_row, target_col = (index // w).float(), (index % w).float()
