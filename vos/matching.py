@@ -11,6 +11,25 @@ from scipy.optimize import linear_sum_assignment
 log = logging.getLogger(__name__)
 
 
+def match_ids_by_iou(reference: np.ndarray, other: np.ndarray) -> dict[int, int]:
+    """``other``'s non-zero ids -> the ``reference`` ids they overlap best, one to one (Hungarian on IoU, over
+    every pixel of two label arrays of one shape: a frame or a whole clip); pairs with zero overlap are never
+    matched, so an id may be left out."""
+    ref_ids = [int(i) for i in np.unique(reference) if i != 0]
+    oth_ids = [int(i) for i in np.unique(other) if i != 0]
+    if not ref_ids or not oth_ids:
+        return {}
+    iou = np.zeros((len(ref_ids), len(oth_ids)))
+    for a, ref in enumerate(ref_ids):
+        ref_mask = reference == ref
+        for b, oth in enumerate(oth_ids):
+            oth_mask = other == oth
+            union = np.logical_or(ref_mask, oth_mask).sum()
+            iou[a, b] = np.logical_and(ref_mask, oth_mask).sum() / union if union else 0.0
+    rows, cols = linear_sum_assignment(iou, maximize=True)
+    return {oth_ids[b]: ref_ids[a] for a, b in zip(rows, cols) if iou[a, b] > 0}
+
+
 class SegmentMatcher:
     """Maps an unsupervised method's segment ids to the prompted object ids.
 
@@ -28,20 +47,7 @@ class SegmentMatcher:
         self._dropped: set[int] = set()
 
     def _match_first(self, segments: np.ndarray) -> None:
-        seg_ids = [int(i) for i in np.unique(segments) if i != 0]
-        if not self.object_ids or not seg_ids:
-            return
-        iou = np.zeros((len(self.object_ids), len(seg_ids)))
-        for a, obj in enumerate(self.object_ids):
-            obj_mask = self.prompt == obj
-            for b, seg in enumerate(seg_ids):
-                seg_mask = segments == seg
-                union = np.logical_or(obj_mask, seg_mask).sum()
-                iou[a, b] = np.logical_and(obj_mask, seg_mask).sum() / union if union else 0.0
-        rows, cols = linear_sum_assignment(iou, maximize=True)
-        for a, b in zip(rows, cols):
-            if iou[a, b] > 0:
-                self.mapping[seg_ids[b]] = self.object_ids[a]
+        self.mapping.update(match_ids_by_iou(self.prompt, segments))
 
     def __call__(self, segments: np.ndarray, index: int) -> np.ndarray:
         segments = np.asarray(segments)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vos.bench.planning import BenchError, parse_methods, size_option
+from vos.metrics import jaccard
 
 if TYPE_CHECKING:
     from vos.specs import MethodSpec
@@ -67,22 +68,13 @@ class Agreement:
 def match_segments(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> list[np.ndarray]:
     """``other``'s segment ids renamed to the ``reference`` ids they overlap most over the whole clip (Hungarian on
     IoU, 0 kept as 0); an unmatched segment gets an id the reference does not use, so it counts against both."""
-    from scipy.optimize import linear_sum_assignment
+    from vos.matching import match_ids_by_iou
 
     ref, oth = np.stack(reference), np.stack(other)
-    ref_ids = [int(i) for i in np.unique(ref) if i]
+    matched = match_ids_by_iou(ref, oth)
     oth_ids = [int(i) for i in np.unique(oth) if i]
-    iou = np.zeros((len(oth_ids), len(ref_ids)))
-    for a, o in enumerate(oth_ids):
-        mine = oth == o
-        for b, r in enumerate(ref_ids):
-            theirs = ref == r
-            union = np.logical_or(mine, theirs).sum()
-            iou[a, b] = np.logical_and(mine, theirs).sum() / union if union else 0.0
     lookup = np.zeros(max([*oth_ids, 0]) + 1, np.int32)
-    spare = max([*ref_ids, 0]) + 1
-    rows, cols = linear_sum_assignment(iou, maximize=True) if iou.size else ((), ())
-    matched = {oth_ids[a]: ref_ids[b] for a, b in zip(rows, cols) if iou[a, b] > 0}
+    spare = int(ref.max(initial=0)) + 1
     for o in oth_ids:
         if o in matched:
             lookup[o] = matched[o]
@@ -102,10 +94,8 @@ def mean_iou(reference: Sequence[np.ndarray], other: Sequence[np.ndarray], *, sk
         if skip_first and index == 0:
             continue
         for obj in np.union1d(np.unique(ref), np.unique(oth)):
-            if obj == 0:
-                continue
-            mine, theirs = ref == obj, oth == obj
-            scores.append(np.logical_and(mine, theirs).sum() / np.logical_or(mine, theirs).sum())
+            if obj != 0:
+                scores.append(jaccard(oth == obj, ref == obj))
     return (float(np.mean(scores)) if scores else 1.0), len(scores)
 
 
