@@ -122,12 +122,9 @@ def default_methods() -> list[str]:
 
 def precision_choices() -> list[str]:
     """fp32 and the reduced precisions the page's devices have matrix units for (vos.device.fast_dtypes)."""
-    import torch
+    from vos.device import fast_dtypes_of
 
-    from vos.device import fast_dtypes
-
-    devices = [torch.device(name) for name in device_choices() if name != "auto"]
-    return list(dict.fromkeys(name for device in devices for name in fast_dtypes(device)))
+    return fast_dtypes_of(name for name in device_choices() if name != "auto")
 
 
 def device_choices() -> list[str]:

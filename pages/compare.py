@@ -113,10 +113,9 @@ def precision_choices() -> list[tuple[str, str]]:
     with AVX512-BF16 or AMX, fp16 and bf16 on CUDA (``vos.device.fast_dtypes``)."""
     import torch
 
-    from vos.device import fast_dtypes
+    from vos.device import fast_dtypes_of
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    names = list(dict.fromkeys(name for device in devices for name in fast_dtypes(device)))
+    names = fast_dtypes_of(["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     return [("fp32 (reference)" if name == "fp32" else name, name) for name in names]
 
 
@@ -702,8 +701,15 @@ class ComparePage:
         )
         self.mask_upload.clear(self.on_mask_clear, [self.session], prompt_outputs, api_visibility="private")
 
-        run_inputs = {self.session, self.device, self.precision, self.resolution, self.max_frames, self.weights}
-        run_inputs.add(self.ground_truth)
+        run_inputs = {
+            self.session,
+            self.device,
+            self.precision,
+            self.resolution,
+            self.max_frames,
+            self.weights,
+            self.ground_truth,
+        }
         for controls in self.methods:
             run_inputs |= set(controls.inputs())
         prepared = self.run_button.click(

@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,11 @@ def fast_dtypes(device: torch.device) -> list[str]:
     elif device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         names.append("bf16")
     return names
+
+
+def fast_dtypes_of(devices: Iterable[torch.device | str]) -> list[str]:
+    """The precisions any of ``devices`` has matrix units for, fp32 first, each once: what a page offers."""
+    return list(dict.fromkeys(name for device in devices for name in fast_dtypes(torch.device(device))))
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
