@@ -905,3 +905,12 @@ def test_bf16_and_crf_run_on_a_tiny_clip():
     maps = list(method.segment(Clip.from_frames(synthetic.frames), synthetic.masks[0]))
     assert len(maps) == 4
     assert all(m.shape == (64, 112) and m.dtype == np.uint8 and m.max() <= 3 for m in maps)
+
+
+@pytest.mark.parametrize(("size", "dilation"), [(5, 1), (5, 4), (5, 64), (3, 2)])
+def test_neighbour_gather_equals_unfold(size, dilation):
+    from vos.nn_utils import neighbours
+
+    x = torch.randn(2, 3, 20, 33, generator=torch.Generator().manual_seed(dilation))
+    expected = F.unfold(x, size, dilation=dilation, padding=(size // 2) * dilation).view(2, 3, size, size, 20, 33)
+    assert torch.equal(neighbours(x, size, dilation), expected)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vos.nn_utils import pad_for_windows, shifted_window
+
 KERNEL = 5
 OFFSETS = [(u, v) for u in range(KERNEL) for v in range(KERNEL)]  # row-major, as unfold orders a 5x5 window
 DILATIONS = (64, 16, 1)  # m0, m1: class-to-class; m2: Potts
@@ -158,18 +160,6 @@ class PacCrf(nn.Module):
         return losses
 
 
-def _window(padded: torch.Tensor, offset: tuple[int, int], dilation: int, size: tuple[int, int]) -> torch.Tensor:
-    """The view of a frame padded by 2*dilation whose pixel p is the original's p + dilation*(u-2, v-2)."""
-    u, v = offset
-    h, w = size
-    return padded[..., u * dilation : u * dilation + h, v * dilation : v * dilation + w]
-
-
-def _pad(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    reach = (KERNEL // 2) * dilation
-    return F.pad(x, (reach, reach, reach, reach))
-
-
 class _PacMessage(torch.autograd.Function):
     """m[c, p] = sum_{c', o} W[c, c', o] K[o, p] Q[c', p + dil * o] with Q zero outside the frame.
 
@@ -181,10 +171,10 @@ class _PacMessage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
         c, h, w = q.shape
-        padded = _pad(q, dilation)
+        padded = pad_for_windows(q, KERNEL, dilation)
         products = q.new_empty(c, len(OFFSETS), h, w)
         for o, offset in enumerate(OFFSETS):
-            torch.mul(_window(padded, offset, dilation, (h, w)), kernel[o], out=products[:, o])
+            torch.mul(shifted_window(padded, offset, dilation, (h, w)), kernel[o], out=products[:, o])
         out = weight.reshape(weight.shape[0], -1) @ products.view(-1, h * w)
         ctx.save_for_backward(padded, kernel, weight, products)
         ctx.dilation = dilation
@@ -201,11 +191,11 @@ class _PacMessage(torch.autograd.Function):
         grad_kernel = torch.empty_like(kernel)
         grad_padded = torch.zeros_like(padded)
         for o, offset in enumerate(OFFSETS):
-            window = _window(padded, offset, dilation, (h, w))
+            window = shifted_window(padded, offset, dilation, (h, w))
             torch.mul(mixed[0, o], window[0], out=grad_kernel[o])  # sum over classes without a (C, H, W) temporary
             for k in range(1, c):
                 grad_kernel[o].addcmul_(mixed[k, o], window[k])
-            _window(grad_padded, offset, dilation, (h, w)).addcmul_(mixed[:, o], kernel[o])
+            shifted_window(grad_padded, offset, dilation, (h, w)).addcmul_(mixed[:, o], kernel[o])
         reach = (KERNEL // 2) * dilation
         return grad_padded[:, reach : reach + h, reach : reach + w], grad_kernel, grad_weight, None
 
@@ -224,10 +214,10 @@ def squared_colour_differences(image: torch.Tensor, dilation: int) -> torch.Tens
 
     Outside the frame the value is meaningless and harmless: Q is zero there, so the kernel never counts."""
     c, h, w = image.shape
-    padded = _pad(image, dilation)
+    padded = pad_for_windows(image, KERNEL, dilation)
     out = image.new_empty(c, len(OFFSETS), h, w)
     for o, offset in enumerate(OFFSETS):
-        torch.sub(_window(padded, offset, dilation, (h, w)), image, out=out[:, o])
+        torch.sub(shifted_window(padded, offset, dilation, (h, w)), image, out=out[:, o])
     return out.square_()
 
 
