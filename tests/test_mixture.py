@@ -619,11 +619,12 @@ def _plain_pac_crf(crf: PacCrf, unary: torch.Tensor, image: torch.Tensor) -> tor
     return log_q
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
 @pytest.mark.parametrize("classes", [2, 3])
-def test_crf_equals_a_plain_unfold_statement_with_its_gradients(classes):
+def test_crf_equals_a_plain_unfold_statement_with_its_gradients(classes, fused):
     # Frames smaller than the 64-pixel dilation reach and a little larger: windows fall off every edge.
     generator = torch.Generator().manual_seed(classes)
-    ours = PacCrf(classes, generator=torch.Generator().manual_seed(7))
+    ours = PacCrf(classes, generator=torch.Generator().manual_seed(7), fused=fused)
     plain = PacCrf(classes, generator=torch.Generator().manual_seed(7))
     image = torch.rand(1, 3, 40, 150, generator=generator) * 255
     truth = torch.randint(0, classes, (40, 150), generator=generator)
@@ -645,3 +646,108 @@ def test_pac_message_backward_passes_gradcheck():
     weight = torch.randn(3, 2, 25, dtype=torch.double, generator=generator).requires_grad_()
     for dilation in (1, 2, 4):
         assert torch.autograd.gradcheck(lambda a, b, c, d=dilation: _PacMessage.apply(a, b, c, d), (q, kernel, weight))
+
+
+@pytest.mark.parametrize("dilation", [1, 3, 16])
+def test_fused_message_equals_the_torch_message_with_its_gradients(dilation):
+    from vos.methods.mixture.crf import _PacMessage
+    from vos.methods.mixture.fused import FusedPacMessage
+
+    generator = torch.Generator().manual_seed(dilation)
+    q = torch.rand(3, 23, 41, generator=generator).requires_grad_()
+    kernel = torch.rand(25, 23, 41, generator=generator).requires_grad_()
+    weight = torch.randn(3, 3, 25, generator=generator)
+    weight[0, 1, 4] = 0.0  # a zero weight is skipped, as the Potts filter's off-diagonal ones are
+    weight.requires_grad_()
+    grad = torch.randn(3, 23, 41, generator=generator)
+    ours = FusedPacMessage.apply(q, kernel, weight, dilation)
+    theirs = _PacMessage.apply(q, kernel, weight, dilation)
+    torch.testing.assert_close(ours, theirs)
+    inputs = (q, kernel, weight)
+    for a, b in zip(torch.autograd.grad(ours, inputs, grad), torch.autograd.grad(theirs, inputs, grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_exp_helper_is_torch_exp_bit_for_bit():
+    # Across the fast range, the subnormal band (-104..-87) and far below it, where the result is 0.
+    x = torch.cat([torch.linspace(-120.0, 20.0, 100_003), torch.tensor([-1e6, -104.0, -103.97, -87.34, -87.0])])
+    x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(vmf._exp_(x.clone()), torch.exp(x))
+
+
+def _dense_estep_reference(params, frame, index, valid, *, pe_only):
+    """The E-step over every (S, K_max) slot as one padded product, without an indicator: what _estep computed
+    before it skipped the masked slots' products (log-likelihood path: exp of log-joints minus their maximum)."""
+    n, num_models, k_max, dim = params.mu.shape
+    nf, sk = params.n_features, num_models * k_max
+    x = frame[index]
+    if pe_only:
+        mu_pe_t = vmf.unit(params.mu[..., nf:]).reshape(n, sk, -1).transpose(1, 2)
+        logpcs = torch.bmm(vmf.unit(x[..., nf:]), mu_pe_t).masked_fill_(~params.active.reshape(n, 1, sk), -999999.0)
+    else:
+        mu_t = params.mu.reshape(n, sk, dim).transpose(1, 2)
+        logpcs = torch.bmm(x, mu_t).mul_(params.kappa.reshape(n, 1, sk)).add_(params.log_c.reshape(n, 1, sk))
+    jll = logpcs.add_(params.logalpha.reshape(n, 1, sk)).view(n, -1, num_models, k_max)
+    top = jll.amax(-1, keepdim=True)
+    q = (jll - top).exp_()
+    total = q.sum(-1, keepdim=True)
+    loglik = ((total.log() + top)[..., 0] * valid[..., None]).sum(1)
+    q = (q / total).view(n, -1, sk) * valid[..., None]
+    return torch.bmm(q.transpose(1, 2), x), q.sum(1), loglik.max(dim=1).values
+
+
+@pytest.mark.parametrize("pe_only", [False, True])
+def test_estep_over_active_slots_gives_the_dense_products_bits(pe_only):
+    """Skipping the masked slots' products changes no bit (the padded product's numbers are the same products), and
+    the option that also skips their passes (active_only) changes the sums' order only."""
+    hg, wg, nf = 17, 23, 20
+    rho = vmf.position_code(hg, wg)
+    mixtures = _random_mixtures(rho, nf=nf, k_max=12)
+    gen = torch.Generator().manual_seed(2)
+    frame = torch.nn.functional.normalize(torch.cat([torch.randn(hg * wg, nf, generator=gen) * 3, 2.5 * rho], 1), 1)
+    points = vmf.Points.from_masks(torch.rand(3, hg * wg, generator=gen) > torch.tensor([[0.2], [0.6], [0.9]]))
+    ours = vmf._estep(
+        mixtures, frame, points.index, points.valid, 10_000, pe_only=pe_only, with_ll=True, indicator=None,
+        pe_unit=None, thresholds=None,
+    )  # fmt: skip
+    stats, counts, ll = _dense_estep_reference(mixtures, frame, points.index, points.valid, pe_only=pe_only)
+    assert torch.equal(ours[0].flatten(1, 2), stats) and torch.equal(ours[1].flatten(1), counts)
+    assert torch.equal(ours[2], ll)
+    active = vmf._estep_active(mixtures, frame, points.index, points.valid, 1 << 20, pe_only=pe_only, with_ll=True)
+    torch.testing.assert_close(active[0].flatten(1, 2), stats, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(active[1].flatten(1), counts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(active[2], ll, rtol=1e-6, atol=1e-3)
+
+
+def test_scoring_over_active_slots_equals_the_padded_scores_bit_for_bit():
+    hg, wg, nf = 19, 29, 20
+    rho = vmf.position_code(hg, wg)
+    mixtures = _random_mixtures(rho, nf=nf)
+    gen = torch.Generator().manual_seed(4)
+    frame = torch.nn.functional.normalize(torch.cat([torch.randn(hg * wg, nf, generator=gen) * 3, rho], 1), dim=1)
+    gate = torch.rand(3, hg * wg, generator=gen) > 0.2
+    thresholds = vmf.indicator_thresholds(4)
+    pe = vmf.unit(rho)
+    isk = mixtures.active.numel()
+    joint = (frame @ mixtures.mu.reshape(isk, -1).t()).mul_(mixtures.kappa.reshape(isk))
+    joint = joint.add_(mixtures.log_c.reshape(isk)).add_(mixtures.logalpha.reshape(isk))
+    near = pe @ mixtures.mu_pe_unit.reshape(isk, -1).t() > thresholds.repeat(3).repeat_interleave(9)
+    padded = joint.masked_fill(~near, 0.0).clamp_min(0.0).view(-1, 3, 36).amax(-1).t().masked_fill(~gate, 0.0)
+    ours = vmf.score_cells(mixtures, frame, gate, pe_unit=pe, thresholds=thresholds, chunk=1 << 20)
+    assert torch.equal(ours, padded)
+    assert float((ours > 0).float().mean()) > 0.05
+
+
+def test_fast_option_tracks_like_the_default():
+    data = moving_shapes(8, (96, 128), 2, seed=0)
+    outputs = {}
+    for fast in (False, True):
+        method = vm.create(
+            "mixture", variant="rgb", weights="random", device="cpu", size=96, num_models=4, crf_iters=10,
+            max_iters=30, fast=fast,
+        )  # fmt: skip
+        outputs[fast] = list(method.segment(Clip.from_frames(data.frames), data.masks[0]))
+    ious = [_iou(a, b, k) for a, b in zip(outputs[True][1:], outputs[False][1:]) for k in (1, 2)]
+    assert np.mean(ious) >= 0.95, ious
+    truth = [_iou(o, t, k) for o, t in zip(outputs[True][1:], data.masks[1:]) for k in (1, 2)]
+    assert np.mean(truth) >= 0.8, truth

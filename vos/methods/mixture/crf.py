@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vos.methods.mixture.fused import FusedPacMessage
 from vos.nn_utils import pad_for_windows, shifted_window
 
 KERNEL = 5
@@ -61,10 +62,13 @@ class PacCrf(nn.Module):
     """Loose PAC-CRF over ``num_classes`` labels. ``forward(unary, image)``: one-hot (1, C, H, W) and RGB 0..255
     (1, 3, H, W) -> logQ (1, C, H, W)."""
 
-    def __init__(self, num_classes: int, *, generator: torch.Generator, num_steps: int = 5):
+    def __init__(self, num_classes: int, *, generator: torch.Generator, num_steps: int = 5, fused: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.num_steps = num_steps
+        # fused: the messages on CPU through one-pass numba kernels (vos.methods.mixture.fused); the same
+        # arithmetic in another float summation order.
+        self.fused = fused
         g = torch.from_numpy(gaussian_filter())
         compat = (1.0 - torch.eye(num_classes)).view(num_classes, num_classes, 1, 1) * g
         class_shape = (num_classes, num_classes, KERNEL, KERNEL)
@@ -114,6 +118,7 @@ class PacCrf(nn.Module):
             raise ValueError(f"PacCrf refines one frame at a time, got a batch of {n}.")
         kernels = self.kernels(image)
         potts_mask = torch.eye(c, device=unary.device).unsqueeze(-1)  # one filter for every class, none across
+        message = FusedPacMessage if self.fused and unary.device.type == "cpu" else _PacMessage
         unary = unary * UNARY_SCALE
         log_q = unary
         for step in range(self.num_steps):
@@ -124,7 +129,7 @@ class PacCrf(nn.Module):
                     weight = self.class_weight[step, term].reshape(c, c, len(OFFSETS))
                 else:
                     weight = potts_mask * self.potts_weight[step].reshape(1, 1, -1)
-                msg = _PacMessage.apply(q, kernel, weight, dil)
+                msg = message.apply(q, kernel, weight, dil)
                 log_q = log_q - msg.unsqueeze(0) * sign
         return log_q
 

@@ -380,6 +380,7 @@ def em(
     pe_unit: torch.Tensor | None = None,
     thresholds: torch.Tensor | None = None,
     block_elements: int = 1 << 20,
+    active_only: bool = False,
     on_iteration: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run EM for ``objects`` (rows of ``mixtures``, updated in place) on their points of ``frame`` (N, d).
@@ -390,6 +391,8 @@ def em(
     stored 0/1 indicator at each point's cell. Returns the statistics to save, (n, S, K, d) and (n, S, K): the
     last M-step's sum q x and the last E-step's sum q (the release's pair when it stops early).
     ``block_elements`` bounds each dense (objects x points x S*K) block; it changes sums in the last bits only.
+    ``active_only`` runs the E-steps without an indicator (frame 0's) over the active slots only (``_estep_active``):
+    the same values up to float summation order, about twice as fast, but not the same bits.
     ``on_iteration(done, iterations)`` is called after each iteration (progress; it may raise to stop).
     """
     device = frame.device
@@ -412,18 +415,29 @@ def em(
     step = 0
     for step in range(iterations):
         need_ll = tested and step >= TOL_FROM_ITER - 1
-        stats, counts, ll = _estep(
-            sub.select(running),
-            frame,
-            index[running],
-            valid[running],
-            block,
-            pe_only=history is None and step == 0,
-            with_ll=need_ll,
-            indicator=None if indicator is None else _indicator_rows(indicator, objects[running]),
-            pe_unit=pe_unit,
-            thresholds=thresholds,
-        )
+        if active_only and indicator is None:
+            stats, counts, ll = _estep_active(
+                sub.select(running),
+                frame,
+                index[running],
+                valid[running],
+                block_elements,
+                pe_only=history is None and step == 0,
+                with_ll=need_ll,
+            )
+        else:
+            stats, counts, ll = _estep(
+                sub.select(running),
+                frame,
+                index[running],
+                valid[running],
+                block,
+                pe_only=history is None and step == 0,
+                with_ll=need_ll,
+                indicator=None if indicator is None else _indicator_rows(indicator, objects[running]),
+                pe_unit=pe_unit,
+                thresholds=thresholds,
+            )
         if tested and step >= TOL_FROM_ITER:
             rll = (ll - ll_old[running]).abs() / (ll_old[running].abs() + EPS)
             done = rll < tolerance
@@ -449,6 +463,91 @@ def _indicator_rows(indicator: Indicator, objects: torch.Tensor) -> Indicator:
     return Indicator(indicator.gate[objects], indicator.mu_pe_unit[objects])
 
 
+def _softmax_(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of ``logits`` along ``dim`` in place, and the log-sum-exp it normalised by.
+
+    torch's softmax kernel, not exp(): torch.exp takes a slow path (~10-35x) for every input below -87, where the
+    result is zero or subnormal, and the masked slots and far components put most log-joints there. The
+    log-sum-exp is read off the softmax: at the maximum, softmax = exp(0) / sum, so log sum = top - log(max q)."""
+    top = logits.amax(dim)
+    torch.ops.aten._softmax.out(logits, dim, False, out=logits)
+    return logits, top - logits.amax(dim).log_()
+
+
+def _estep_active(
+    params: Mixtures,
+    frame: torch.Tensor,
+    index: torch.Tensor,
+    valid: torch.Tensor,
+    block_elements: int,
+    *,
+    pe_only: bool,
+    with_ll: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """E-step without an indicator, over each object's active slots only; returns sum q x (n, S, K, d), sum q
+    (n, S, K) and, if asked, LL (n,).
+
+    Without the indicator a masked slot's log-joint is about -1e6, so its posterior is exactly 0 and it adds
+    nothing to any sum: leaving it out changes no value (only float summation order). The mixtures' K_s grow
+    from 2 (objects) or 56 (background) to K_max, so about half of the (S, K_max) slots are masked: the products
+    here do half the work of the padded layout, and so do the passes over the log-joints. Per object, the active
+    slots are the rows of one (A, d) matrix, each mixture's slots contiguous, and the log-joints are laid out
+    (A, points) so that each mixture's softmax runs in place on a contiguous block of rows."""
+    n, num_models, k_max, dim = params.mu.shape
+    nf = params.n_features
+    sk = num_models * k_max
+    stats = torch.zeros(n, sk, dim, device=frame.device)
+    counts = torch.zeros(n, sk, device=frame.device)
+    loglik = torch.zeros(n, num_models, device=frame.device)
+    sizes = valid.sum(1).tolist()  # valid points are a prefix of each row (Points.from_masks)
+    mixture_starts = torch.arange(num_models + 1, device=frame.device) * k_max
+    for o in range(n):
+        slots = params.active[o].reshape(sk).nonzero().flatten()
+        if slots.numel() == 0 or sizes[o] == 0:
+            continue
+        bounds = torch.searchsorted(slots, mixture_starts).tolist()  # mixture s owns slots[bounds[s]:bounds[s+1]]
+        if pe_only:
+            mu = unit(params.mu[o, ..., nf:]).reshape(sk, -1)[slots]
+        else:
+            mu = params.mu[o].reshape(sk, dim)[slots]
+            kappa = params.kappa[o].reshape(sk, 1)[slots]
+            log_c = params.log_c[o].reshape(sk, 1)[slots]
+        logalpha = params.logalpha[o].reshape(sk, 1)[slots]
+        object_stats = torch.zeros(slots.numel(), dim, device=frame.device)
+        object_counts = torch.zeros(slots.numel(), device=frame.device)
+        block = max(1, block_elements // slots.numel())
+        for start in range(0, sizes[o], block):
+            x = frame[index[o, start : min(start + block, sizes[o])]]  # (b, d)
+            if pe_only:
+                jll = (mu @ unit(x[:, nf:]).t()).add_(logalpha)  # (A, b)
+            else:
+                jll = (mu @ x.t()).mul_(kappa).add_(log_c).add_(logalpha)
+            for s in range(num_models):
+                lo, hi = bounds[s], bounds[s + 1]
+                if lo == hi:
+                    continue
+                _, lse = _softmax_(jll[lo:hi], 0)
+                if with_ll:
+                    loglik[o, s] += lse.sum()
+            object_counts += jll.sum(1)
+            object_stats += jll @ x
+        stats[o, slots] = object_stats
+        counts[o, slots] = object_counts
+    ll = loglik.max(dim=1).values if with_ll else None
+    return stats.view(n, num_models, k_max, dim), counts.view(n, num_models, k_max), ll
+
+
+def _exp_(x: torch.Tensor) -> torch.Tensor:
+    """torch.exp in place, bit for bit, with less of its slow path.
+
+    torch's vectorised exp takes a slow path (~10-35x) for every vector holding an input whose result underflows
+    (below ~-87.3: subnormal or zero), and the masked slots (log-joints ~ -1e6) and far components put ~98% of the
+    E-step's inputs there. Below -104 the result is exactly 0, so those inputs become 0 first (exp(0) = 1, zeroed
+    after); only the vectors with one of the few inputs in between (~0.2%) still take the slow path."""
+    zero = x < -104.0
+    return x.masked_fill_(zero, 0.0).exp_().masked_fill_(zero, 0.0)
+
+
 def _estep(
     params: Mixtures,
     frame: torch.Tensor,
@@ -464,11 +563,18 @@ def _estep(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """E-step over blocks of points; returns sum q x (n, S, K, d), sum q (n, S, K) and, if asked, LL (n,).
 
-    Each block holds only the objects that still have points in it (objects differ a lot in size)."""
+    Each block holds only the objects that still have points in it (objects differ a lot in size).
+
+    The products run over each object's active slots only (about half of the padded (S, K_max) ones; ``slots``).
+    A masked slot's log-joint is about -1e6 whatever its product, so its posterior is exactly 0 (exp underflows):
+    its product is left at 0 instead, and without the indicator its zero posterior adds nothing to sum q x. The
+    products of the active slots are the same numbers, bit for bit (tests/test_mixture.py compares with the dense
+    products), and so are the sums over slots, which still run over the padded rows."""
     n, num_models, k_max, dim = params.mu.shape
     nf = params.n_features
     sk = num_models * k_max
-    mu_t = params.mu.reshape(n, sk, dim).transpose(1, 2)  # (n, d, SK)
+    slots = [params.active[o].reshape(sk).nonzero().flatten() for o in range(n)]
+    mu_t = [params.mu[o].reshape(sk, dim)[slots[o]].t() for o in range(n)]  # (d, A_o)
     kappa = params.kappa.reshape(n, 1, sk)
     log_c = params.log_c.reshape(n, 1, sk)
     logalpha = params.logalpha.reshape(n, 1, sk)
@@ -492,12 +598,15 @@ def _estep(
         if pe_only:
             logpcs = torch.bmm(unit(x[..., nf:]), mu_pe_t[rows]).masked_fill_(inactive[rows], MASKED_LOGIT)
         else:
-            logpcs = torch.bmm(x, mu_t[rows]).mul_(kappa[rows]).add_(log_c[rows])
+            logpcs = x.new_zeros(rows.numel(), x.shape[1], sk)
+            for i, o in enumerate(rows.tolist()):
+                logpcs[i].index_copy_(1, slots[o], x[i] @ mu_t[o])
+            logpcs.mul_(kappa[rows]).add_(log_c[rows])
         jll = logpcs.add_(logalpha[rows]).view(rows.numel(), -1, num_models, k_max)
         q = None
         if with_ll:
             top = jll.amax(-1, keepdim=True)
-            q = (jll - top).exp_()
+            q = _exp_(jll - top)
             total = q.sum(-1, keepdim=True)
             loglik[rows] += ((total.log() + top)[..., 0] * ok).sum(1)
             q /= total
@@ -509,7 +618,11 @@ def _estep(
             q = jll.softmax(-1)
         q = q.view(rows.numel(), -1, sk) * ok
         counts[rows] += q.sum(1)
-        stats[rows] += torch.bmm(q.transpose(1, 2), x)
+        if indicator is not None:  # masked slots that are off share the points: every slot has sums
+            stats[rows] += torch.bmm(q.transpose(1, 2), x)
+            continue
+        for i, o in enumerate(rows.tolist()):
+            stats[o, slots[o]] += q[i][:, slots[o]].t() @ x[i]
     ll = loglik.max(dim=1).values if with_ll else None
     return stats.view(n, num_models, k_max, dim), counts.view(n, num_models, k_max), ll
 
@@ -532,31 +645,37 @@ def score_cells(
     ``frame`` (N, d) holds the scoring vectors x', ``gate`` (I, N) the windows W_o (False for objects that are
     not modelled), ``thresholds`` (S,) the r_s or None for no indicator. Computed ``chunk`` cells at a time (rounded
     up to a multiple of ROW_BLOCK); the result does not depend on ``chunk``.
+    Only active slots are scored: a masked slot's log-joint is about -1e6, so max(0, .) makes it 0, which never
+    raises a maximum over values >= 0; leaving those slots out changes no bit and halves the products.
     """
     num_objects, num_models, k_max, dim = mixtures.mu.shape
-    isk = num_objects * num_models * k_max
-    mu = mixtures.mu.reshape(isk, dim)
-    kappa = mixtures.kappa.reshape(isk)
-    log_c = mixtures.log_c.reshape(isk)
-    logalpha = mixtures.logalpha.reshape(isk)
+    active = mixtures.active.reshape(-1)
+    slots = active.nonzero().flatten()  # object by object, so each object's slots are one run of columns
+    bounds = [0, *np.cumsum(mixtures.active.reshape(num_objects, -1).sum(1).tolist()).tolist()]
+    mu = mixtures.mu.reshape(-1, dim)[slots]
+    kappa = mixtures.kappa.reshape(-1)[slots]
+    log_c = mixtures.log_c.reshape(-1)[slots]
+    logalpha = mixtures.logalpha.reshape(-1)[slots]
     if thresholds is not None:
-        mu_pe = mixtures.mu_pe_unit.reshape(isk, -1)
-        r = thresholds.repeat(num_objects).repeat_interleave(k_max)
+        mu_pe = mixtures.mu_pe_unit.reshape(-1, mixtures.mu_pe_unit.shape[-1])[slots]
+        r = thresholds.repeat(num_objects).repeat_interleave(k_max)[slots]
     chunk = max(ROW_BLOCK, -(-chunk // ROW_BLOCK) * ROW_BLOCK)
     n_cells = frame.shape[0]
-    out = torch.empty(num_objects, n_cells, device=frame.device)
+    out = torch.zeros(num_objects, n_cells, device=frame.device)
     for start in range(0, n_cells, chunk):
         stop = min(start + chunk, n_cells)
         # logalpha + (kappa * x'.mu + logC), in place (the same additions as written out).
         joint = (
             rowblock_mm(frame[start:stop], mu.t(), block=ROW_BLOCK).mul_(kappa).add_(log_c).add_(logalpha)
-        )  # (c, ISK)
+        )  # (c, active slots)
         if thresholds is not None:
             joint.masked_fill_(rowblock_mm(pe_unit[start:stop], mu_pe.t(), block=ROW_BLOCK) <= r, 0.0)
-        best = joint.clamp_min_(0.0).view(stop - start, num_objects, -1).amax(-1).t()  # (I, c)
-        # The gate is per object and cell, so it can be applied after the max over (s, k).
-        out[:, start:stop] = best.masked_fill_(~gate[:, start:stop], 0.0)
-    return out
+        joint.clamp_min_(0.0)
+        for o in range(num_objects):
+            if bounds[o + 1] > bounds[o]:
+                out[o, start:stop] = joint[:, bounds[o] : bounds[o + 1]].amax(-1)
+    # The gate is per object and cell, so it can be applied after the max over (s, k).
+    return out.masked_fill_(~gate, 0.0)
 
 
 def auto_chunk(num_objects: int, num_models: int, k_max: int, budget_elements: int = 1 << 20) -> int:
