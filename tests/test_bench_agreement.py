@@ -52,7 +52,7 @@ def test_a_method_with_exact_arithmetic_agrees_exactly(tmp_path, capsys):
     assert "Carphone (real footage), 3 frames at 48x58" in text and "1.0000" in text
     (row,) = json.loads(out.read_text())
     assert row["method"] == "fake_copy" and row["mean_iou"] == 1.0 and row["pairs"] == 2  # frames 1, 2; one object
-    assert row["fp32_s"] >= 0 and row["reduced_s"] >= 0 and row["dtype"] == "bf16"
+    assert row["reference_s"] >= 0 and row["candidate_s"] >= 0 and row["dtype"] == "bf16"
 
 
 def test_tvos_in_bf16_on_real_footage():
@@ -63,11 +63,23 @@ def test_tvos_in_bf16_on_real_footage():
     assert row.error is None, row.error
     assert row.weights == "random" and "no checkpoint installed" in row.note
     assert 0.0 <= row.mean_iou <= 1.0 and row.size == [48, 58] and row.frames == 3
-    assert row.fp32_s > 0 and row.reduced_s > 0 and row.speedup > 0
+    assert row.reference_s > 0 and row.candidate_s > 0 and row.speedup > 0
     table = bench.agreement_table([row])
     assert "tvos" in table and "random weights: no checkpoint installed" in table
 
 
 def test_agreement_refuses_fp32_against_itself():
-    with pytest.raises(bench.BenchError, match="reduced precision"):
+    with pytest.raises(bench.BenchError, match="not fp32 with itself"):
         bench.agreement(bench.parse_methods("fake_copy"), dtype="fp32", frames=2, height=32, device="cpu")
+
+
+def test_candidate_options_run_against_the_defaults(tmp_path, capsys):
+    """--candidate sets an option for the second run only; the precision then stays fp32 unless --dtype says."""
+    out = tmp_path / "rows.json"
+    argv = ["bench", "agreement", "--methods", "mixture:rgb", "--frames", "3", "--size", "48", "--device", "cpu"]
+    argv += ["--candidate", "mixture.fast=true", "--opt", "mixture.crf_iters=2", "--json", str(out)]
+    assert main(argv) == 0
+    assert "fast=True" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())
+    assert row["dtype"] == "fp32" and row["candidate_options"] == {"fast": True}
+    assert 0.0 <= row["mean_iou"] <= 1.0 and row["pairs"] >= 2

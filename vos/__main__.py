@@ -153,14 +153,27 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", required=False, metavar="{agreement,profile}")
     agree = actions.add_parser(
         "agreement",
-        help="masks in a reduced precision against fp32 on real footage: mean IoU, time and speed-up per method",
-        description="Run each method in fp32 and in a reduced precision on real camera footage (Carphone, with a "
-        "hand-traced first-frame mask) and print, per method, the mean IoU of the reduced-precision masks against "
-        "fp32's over all frames and objects, each run's time and the speed-up. Methods without installed "
-        "checkpoints run with random weights, and the output says so.",
+        help="masks in a reduced precision (or with other options) against the fp32 defaults on real footage: mean "
+        "IoU, time and speed-up per method",
+        description="Run each method twice on real camera footage (Carphone, with a hand-traced first-frame mask): "
+        "the reference in fp32, then the candidate in a reduced precision and/or with --candidate options, and "
+        "print, per method, the mean IoU of the candidate's masks against the reference's over all frames and "
+        "objects, each run's time and the speed-up. Methods without installed checkpoints run with random weights, "
+        "and the output says so.",
     )
     agree.add_argument("--methods", default="all", help="'all' or KEY[:VARIANT],...")
-    agree.add_argument("--dtype", default=None, help="the reduced precision (default: bf16 on a CPU, fp16 on CUDA)")
+    agree.add_argument(
+        "--dtype",
+        default=None,
+        help="the candidate's precision (default: bf16 on a CPU, fp16 on CUDA; fp32 when --candidate is given)",
+    )
+    agree.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="KEY.NAME=VALUE",
+        help="an option of the candidate run only, e.g. mixture.fast=true (the reference keeps the default)",
+    )
     agree.add_argument("--frames", type=_positive(int), default=10, help="frames of the footage (at most 120)")
     agree.add_argument("--size", type=_positive(int), default=144, help="the frames' height (the footage's is 144)")
     agree.add_argument("--device", default="auto")

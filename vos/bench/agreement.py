@@ -1,13 +1,15 @@
-"""Reduced precision against fp32 on real footage: ``python -m vos bench agreement``.
+"""A reduced precision, or an option that is not exact, against fp32 on real footage: ``python -m vos bench
+agreement``.
 
-Each method runs twice on the same frames, in fp32 (the reference) and in a reduced precision (bf16 on a CPU with
-bf16 matrix units, fp16 or bf16 on CUDA), with the same weights (a seed before each build, for random ones) and the
-same seed before each pass. What one method reports:
+Each method runs twice on the same frames: the reference in fp32 with its options, then the candidate in a reduced
+precision (bf16 on a CPU with bf16 matrix units, fp16 or bf16 on CUDA) and/or with candidate options (``--candidate
+mixture.fast=true``: a speed-up that changes float rounding), with the same weights (a seed before each build, for
+random ones) and the same seed before each pass. What one method reports:
 
-- mean IoU of the reduced precision's masks against fp32's, over every frame and object where either has the object
+- mean IoU of the candidate's masks against the reference's, over every frame and object where either has the object
   (a semi-supervised method's frame 0 is the prompt itself and is left out); an unsupervised method's segment ids
-  are its own in each run, so they are first matched to fp32's over the whole clip (Hungarian on IoU);
-- the wall time of each pass (segmenting only: the build and the weights are not in it) and fp32 / reduced.
+  are its own in each run, so they are first matched to the reference's over the whole clip (Hungarian on IoU);
+- the wall time of each pass (segmenting only: the build and the weights are not in it) and reference / candidate.
 
 The footage is real (``vos.footage.carphone``: camera noise, blur, compression), since synthetic shapes hide what
 rounding does to features of textures. Where no checkpoint is installed the method runs with random weights and
@@ -20,8 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,24 +43,31 @@ FOOTAGE_ASPECT = 176 / 144  # Carphone's frame
 
 @dataclass
 class Agreement:
-    """One method's reduced precision against its fp32: masks and times."""
+    """One method's candidate run (a reduced precision and/or other options) against its fp32 reference."""
 
     method: str
     variant: str
-    dtype: str
+    dtype: str  # the candidate's precision (the reference's is fp32)
     weights: str  # the weights spec that ran ("random" where no checkpoint was installed)
     note: str  # "" or why the weights are random
     frames: int
     size: list[int]  # [H, W] of the footage
+    candidate_options: dict[str, Any] = field(default_factory=dict)  # set for the candidate run only
     mean_iou: float | None = None
     pairs: int = 0  # (frame, object) pairs in the mean
-    fp32_s: float | None = None
-    reduced_s: float | None = None
+    reference_s: float | None = None
+    candidate_s: float | None = None
     error: str | None = None
 
     @property
     def speedup(self) -> float | None:
-        return self.fp32_s / self.reduced_s if self.fp32_s and self.reduced_s else None
+        return self.reference_s / self.candidate_s if self.reference_s and self.candidate_s else None
+
+    @property
+    def candidate(self) -> str:
+        """The candidate in words: "bf16", "fast=True" or "bf16 fast=True"."""
+        parts = [] if self.dtype == "fp32" and self.candidate_options else [self.dtype]
+        return " ".join(parts + [f"{name}={value}" for name, value in self.candidate_options.items()])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -155,22 +164,28 @@ def agreement(
     specs: Sequence[MethodSpec],
     *,
     dtype: str = "bf16",
+    candidate: Mapping[str, dict[str, Any]] | None = None,
     frames: int = 10,
     height: int = 144,
     device: str = "auto",
     weights: str = "hub",
 ) -> list[Agreement]:
-    """Every method in fp32 and in ``dtype`` on ``frames`` frames of the Carphone footage ``height`` rows high; one
-    Agreement each. A method that fails in either precision gets its error in the row; the others go on."""
+    """Every method in fp32 (the reference) and in ``dtype`` with its ``candidate`` options (method key -> options,
+    for that run only) on ``frames`` frames of the Carphone footage ``height`` rows high; one Agreement each. A method
+    that fails in either run gets its error in the row; the others go on."""
     from vos import device as vdevice
     from vos.footage import carphone
     from vos.methods import SEMI
     from vos.methods import base as mbase
     from vos.video import Clip
 
+    candidate = dict(candidate or {})
     torch_device = vdevice.pick_device(device)
-    if dtype == "fp32":
-        raise BenchError("Compare a reduced precision (bf16, fp16) with fp32, not fp32 with itself.")
+    if dtype == "fp32" and not any(candidate.get(spec.key) for spec in specs):
+        raise BenchError(
+            "Compare a reduced precision (bf16, fp16) or candidate options (--candidate KEY.NAME=VALUE) with fp32, "
+            "not fp32 with itself."
+        )
     vdevice.pick_dtype(dtype, torch_device)
     size = footage_size(height)
     footage, mask = carphone(frames, size)
@@ -180,15 +195,16 @@ def agreement(
         info = mbase.method_class(spec.key).info
         variant = spec.variant or info.default_variant
         options = size_option(info, spec.options, size)  # at the footage's size, as the benchmark does
+        changes = dict(candidate.get(spec.key, {}))
         spec_weights, note = _weights_for(spec, variant, spec.weights or weights)
-        row = Agreement(info.key, variant, dtype, spec_weights, note, len(footage), list(size))
+        row = Agreement(info.key, variant, dtype, spec_weights, note, len(footage), list(size), changes)
         try:
             kwargs = dict(device=str(torch_device), weights=spec_weights, clip=clip, mask=mask)
-            reference, row.fp32_s = _timed_pass(spec, variant, options, dtype="fp32", **kwargs)
-            reduced, row.reduced_s = _timed_pass(spec, variant, options, dtype=dtype, **kwargs)
+            reference, row.reference_s = _timed_pass(spec, variant, options, dtype="fp32", **kwargs)
+            other, row.candidate_s = _timed_pass(spec, variant, {**options, **changes}, dtype=dtype, **kwargs)
             if info.task != SEMI:
-                reduced = match_segments(reference, reduced)
-            row.mean_iou, row.pairs = mean_iou(reference, reduced, skip_first=info.task == SEMI)
+                other = match_segments(reference, other)
+            row.mean_iou, row.pairs = mean_iou(reference, other, skip_first=info.task == SEMI)
         except Exception as err:  # noqa: BLE001 -- one method's failure is its row, not the end
             row.error = f"{type(err).__name__}: {str(err)[:300]}"
         log.info("%s: %s", info.key, agreement_words(row))
@@ -200,22 +216,22 @@ def agreement_words(row: Agreement) -> str:
     if row.error:
         return f"failed: {row.error}"
     return (
-        f"mean IoU {row.mean_iou:.4f} over {row.pairs} frame-objects, fp32 {row.fp32_s:.2f} s, "
-        f"{row.dtype} {row.reduced_s:.2f} s ({row.speedup:.2f}x)"
+        f"mean IoU {row.mean_iou:.4f} over {row.pairs} frame-objects, fp32 {row.reference_s:.2f} s, "
+        f"{row.candidate} {row.candidate_s:.2f} s ({row.speedup:.2f}x)"
     )
 
 
 def agreement_table(rows: Sequence[Agreement]) -> str:
     from vos.text import format_table
 
-    header = ["method", "variant", "dtype", "mean IoU", "pairs", "fp32 s", "reduced s", "speed-up", "weights"]
+    header = ["method", "variant", "candidate", "mean IoU", "pairs", "fp32 s", "candidate s", "speed-up", "weights"]
     body = []
     for row in rows:
         numbers = ["-"] * 5
         if not row.error:
-            numbers = [f"{row.mean_iou:.4f}", str(row.pairs), f"{row.fp32_s:.2f}", f"{row.reduced_s:.2f}"]
+            numbers = [f"{row.mean_iou:.4f}", str(row.pairs), f"{row.reference_s:.2f}", f"{row.candidate_s:.2f}"]
             numbers.append(f"{row.speedup:.2f}x")
-        body.append([row.method, row.variant, row.dtype, *numbers, row.weights])
+        body.append([row.method, row.variant, row.candidate, *numbers, row.weights])
     lines = [format_table(header, body, rule=True, right=range(3, 8))]
     lines += [f"{row.method}: {row.note}" for row in rows if row.note]
     lines += [f"{row.method}: failed: {row.error}" for row in rows if row.error]
@@ -228,8 +244,17 @@ def command_agreement(args) -> int:
 
     specs = parse_methods(args.methods, args.opt)
     weights = check_weights_spec(args.weights)
-    dtype = args.dtype or default_reduced(args.device)
-    rows = agreement(specs, dtype=dtype, frames=args.frames, height=args.size, device=args.device, weights=weights)
+    candidate = {spec.key: spec.options for spec in parse_methods(args.methods, args.candidate)}
+    dtype = args.dtype or ("fp32" if args.candidate else default_reduced(args.device))
+    rows = agreement(
+        specs,
+        dtype=dtype,
+        candidate=candidate,
+        frames=args.frames,
+        height=args.size,
+        device=args.device,
+        weights=weights,
+    )
     size = rows[0].size if rows else footage_size(args.size)
     print(f"Carphone (real footage), {rows[0].frames if rows else args.frames} frames at {size[0]}x{size[1]}:")
     print(agreement_table(rows))
