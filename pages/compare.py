@@ -657,6 +657,7 @@ class ComparePage:
             self.api_max_side = gr.Number(label="working resolution (long side, 0 = as uploaded)", value=854)
             self.api_weights = gr.Textbox(label="weights", value="hub")
             self.api_gt = gr.File(label="ground truth (zip of palette PNGs)", type="filepath")
+            self.api_precision = gr.Textbox(label="precision (fp32, bf16, fp16)", value="fp32")
             self.api_mask_out = gr.File(label="first-frame mask")
             self.api_files = gr.File(label="side-by-side MP4, masks zip, run bundle zip", file_count="multiple")
             self.api_summary = gr.JSON(label="per-method records")
@@ -801,6 +802,7 @@ class ComparePage:
                 self.api_max_side,
                 self.api_weights,
                 self.api_gt,
+                self.api_precision,
             ],
             [self.api_files, self.api_summary],
             api_name="compare",
@@ -1108,11 +1110,13 @@ class ComparePage:
         max_side: float | None,
         weights: str,
         ground_truth: str | None,
+        precision: str | None = "fp32",
     ) -> Iterator[tuple[list[str], dict]]:
         """Clip + first-frame mask + method selection -> [side-by-side MP4, masks zip, run bundle zip], records.
 
         methods/variants/options/weights use the CLI's syntax: "all" or "tvos,mixture"; "mixture=rgb,...";
-        "tvos.temperature=1,..."; "hub", "random", "hf://OWNER/REPO[/FILE]" or "tvos=hf://...".
+        "tvos.temperature=1,..."; "hub", "random", "hf://OWNER/REPO[/FILE]" or "tvos=hf://...". precision is the
+        Compare page's: fp32 (the default and the reference), or bf16/fp16 where the device has matrix units for it.
         """
         if not clip or not mask:
             raise gr.Error("Give a clip and its first-frame mask (palette PNG).")
@@ -1121,7 +1125,8 @@ class ComparePage:
         specs, default_weights = vspecs.parse_method_specs(
             methods or "all", variants=split, options=opts, weights=api_weights(weights), runnable=True
         )
-        pick_device(device or "auto")
+        dtype = (precision or "fp32").strip()
+        pick_dtype(dtype, pick_device(device or "auto"))  # fp16 on a CPU: refused before the upload is unpacked
         session = self._start(clip)
         try:
             session = pr.set_uploaded_mask(session, mask)
@@ -1129,6 +1134,7 @@ class ComparePage:
             request = rs.RunRequest(
                 specs=specs,
                 device=device or "auto",
+                dtype=dtype,
                 max_side=int(max_side or 0) or None,
                 weights=default_weights,
                 ground_truth=ground_truth or None,

@@ -77,9 +77,9 @@ def test_candidate_options_run_against_the_defaults(tmp_path, capsys):
     """--candidate sets an option for the second run only; the precision then stays fp32 unless --dtype says."""
     out = tmp_path / "rows.json"
     argv = ["bench", "agreement", "--methods", "mixture:rgb", "--frames", "3", "--size", "48", "--device", "cpu"]
-    argv += ["--candidate", "mixture.fast=true", "--opt", "mixture.crf_iters=2", "--json", str(out)]
+    argv += ["--candidate", "mixture.fast_em=true", "--opt", "mixture.crf_iters=2", "--json", str(out)]
     assert main(argv) == 0
-    assert "fast=True" in capsys.readouterr().out
+    assert "fast_em=True" in capsys.readouterr().out
     (row,) = json.loads(out.read_text())
-    assert row["dtype"] == "fp32" and row["candidate_options"] == {"fast": True}
+    assert row["dtype"] == "fp32" and row["candidate_options"] == {"fast_em": True}
     assert 0.0 <= row["mean_iou"] <= 1.0 and row["pairs"] >= 2

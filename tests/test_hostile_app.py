@@ -126,6 +126,9 @@ def test_the_api_endpoints_remove_their_session_folder_after_success_and_failure
     )
     assert summary["methods"][0]["status"] == "ok" and str(tmp_path) not in json.dumps(summary)
     assert next(run, None) is None and session_folders(root) == []
+    with pytest.raises(gr.Error, match="fp16 is not supported on the CPU"):  # the API's precision, refused first
+        list(page.api_compare(tiny["clip"], tiny["mask"], "fake_copy", "", "", "cpu", 0, "random", None, "fp16"))
+    assert session_folders(root) == []
 
 
 def test_api_errors_arrive_as_plain_text_and_the_page_s_as_html(tiny):

@@ -738,16 +738,30 @@ def test_scoring_over_active_slots_equals_the_padded_scores_bit_for_bit():
     assert float((ours > 0).float().mean()) > 0.05
 
 
-def test_fast_option_tracks_like_the_default():
+def test_fast_options_track_like_the_default():
     data = moving_shapes(8, (96, 128), 2, seed=0)
     outputs = {}
     for fast in (False, True):
         method = vm.create(
             "mixture", variant="rgb", weights="random", device="cpu", size=96, num_models=4, crf_iters=10,
-            max_iters=30, fast=fast,
+            max_iters=30, fused_crf=fast, fast_em=fast,
         )  # fmt: skip
         outputs[fast] = list(method.segment(Clip.from_frames(data.frames), data.masks[0]))
     ious = [_iou(a, b, k) for a, b in zip(outputs[True][1:], outputs[False][1:]) for k in (1, 2)]
     assert np.mean(ious) >= 0.95, ious
     truth = [_iou(o, t, k) for o, t in zip(outputs[True][1:], data.masks[1:]) for k in (1, 2)]
     assert np.mean(truth) >= 0.8, truth
+
+
+def test_numba_is_imported_only_when_the_fused_crf_runs(monkeypatch):
+    import subprocess
+    import sys
+
+    code = "import sys, vos.methods.mixture, vos.methods.mixture.crf; assert 'numba' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    real_find_spec = mixture.importlib.util.find_spec
+    monkeypatch.setattr(
+        mixture.importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real_find_spec(name, *a)
+    )
+    with pytest.raises(vm.OptionError, match="pip install numba"):
+        vm.create("mixture", variant="rgb", device="cpu", fused_crf=True)

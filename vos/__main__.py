@@ -172,7 +172,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY.NAME=VALUE",
-        help="an option of the candidate run only, e.g. mixture.fast=true (the reference keeps the default)",
+        help="an option of the candidate run only, e.g. mixture.fast_em=true (the reference keeps the default)",
     )
     agree.add_argument("--frames", type=_positive(int), default=10, help="frames of the footage (at most 120)")
     agree.add_argument("--size", type=_positive(int), default=144, help="the frames' height (the footage's is 144)")

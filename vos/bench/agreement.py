@@ -3,7 +3,7 @@ agreement``.
 
 Each method runs twice on the same frames: the reference in fp32 with its options, then the candidate in a reduced
 precision (bf16 on a CPU with bf16 matrix units, fp16 or bf16 on CUDA) and/or with candidate options (``--candidate
-mixture.fast=true``: a speed-up that changes float rounding), with the same weights (a seed before each build, for
+mixture.fast_em=true``: a speed-up that changes float rounding), with the same weights (a seed before each build, for
 random ones) and the same seed before each pass. What one method reports:
 
 - mean IoU of the candidate's masks against the reference's, over every frame and object where either has the object
@@ -65,7 +65,7 @@ class Agreement:
 
     @property
     def candidate(self) -> str:
-        """The candidate in words: "bf16", "fast=True" or "bf16 fast=True"."""
+        """The candidate in words: "bf16", "fast_em=True" or "bf16 fast_em=True"."""
         parts = [] if self.dtype == "fp32" and self.candidate_options else [self.dtype]
         return " ".join(parts + [f"{name}={value}" for name, value in self.candidate_options.items()])
 

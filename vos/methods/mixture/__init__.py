@@ -47,27 +47,53 @@ initialisation keeps a running sum of cosines instead of recomputing it (same ch
 Random draws come from a generator seeded with ``seed`` in the release's order (CRF construction, mixture
 parameters, first centres, CRF training noise); results depend slightly on the seed, as in the release.
 
-Profile (``python -m vos bench profile mixture:VARIANT --size 480``: random weights, Carphone at 480x854, fp32, the
-2-core AMD EPYC development VM with nothing else running, fp32 GEMM rate 188 GFLOP/s; "limit" = counted FLOPs / that
-rate). xcit, frame 0 (the release's settings: 480 rows, 100 CRF training steps each):
+Profile (``python -m vos bench profile mixture:VARIANT --size 480 --frames 3``: random weights, Carphone at 480x854,
+fp32, the 2-core AMD EPYC development VM with nothing else running, fp32 GEMM rate 186-200 GFLOP/s; "limit" =
+counted FLOPs / that rate). xcit, frame 0 (the release's settings: 480 rows, 100 CRF training steps each):
 
   region                   s      GFLOP    limit s
-  features (XCiT)          3.2     289      1.6
-  EM (both frame-0 fits)  45.2    3311     17.7
-  scoring                  1.4     127      0.7
-  CRF training (2 x 100)  60.3     138      0.7
+  features (XCiT)          2.2     289      1.5
+  EM (both frame-0 fits)  21.8    1798      9.4
+  scoring                  0.6      64      0.3
+  CRF training (2 x 100)  41.4     138      0.7
   other                    0.6       5       -
-  total                  110.7    3870     20.7
+  total                   66.5    2294     11.9
 
-and 5.4 s per later frame (features 2.4, scoring 1.6, EM 1.0, CRF 0.2; limit 3.0 s). The rgb variant at its
-defaults (240 rows, 25 CRF steps): frame 0 in 12.5 s (EM 6.6, CRF training 5.5), then 0.55 s per frame. The
-issue's profile of this code before (on a machine with a 252 GFLOP/s GEMM rate) had frame 0 of xcit at 354 s with 87%
-in the CRF training, 59% of it autograd's backward through the unfolded kernels: the CRF now gathers neighbours as
-shifted views with a hand-written backward (``crf.py``), and training takes 60 s instead of ~300. Label maps are
-identical to those of the code before on Carphone (6 frames, 480x586) and on the bundled example (6 frames), both
-with xcit and seed 123. What is left: EM is a series of 387-deep products over every (point, component) pair and runs
-at ~40% of the GEMM rate; the CRF training is memory traffic (hundreds of passes over the 240x427 frame per step)
-with few FLOPs, so no GEMM rate bounds it.
+then 3.85 s per later frame (features 2.0, EM 0.8, scoring 0.7, CRF 0.2; limit 2.4 s). The code before, profiled in
+the same hour: frame 0 in 84.9 s (EM 33.4 s for 3311 GFLOP, CRF training 47.8 s), later frames 4.13 s; the issue's
+profile of the code before that (on a machine with a 252 GFLOP/s GEMM rate) had frame 0 at 354 s with 87% in the CRF
+training. Label maps are identical, bit for bit, to those of the code before on Carphone (6 frames, 480x586) and the
+bundled example (6 frames), xcit and rgb, seed 123. What made the difference, all exact:
+
+- the products of EM and scoring skip the masked component slots. The schedule K_s grows from 2 (objects) or 56
+  (background) to K_max, so about half of the padded (S, K_max) slots are masked; their log-joints are about -1e6,
+  their posteriors exactly 0, and max(0, .) makes their scores 0, so the products that fed them changed nothing;
+- torch.exp takes a slow path (~10-35x) for every vector holding an input below -87.3 (a zero or subnormal result),
+  and ~98% of the E-step's inputs are there: those below -104 (result exactly 0) are set to 0 before the exp;
+- the PAC-CRF gathers neighbours as shifted views with a hand-written backward (``crf.py``), not unfold/col2im.
+
+What is left at the defaults: EM runs its products at the GEMM rate but makes ~12 passes over every (point,
+component) pair besides; the CRF training is memory traffic (hundreds of passes over the 240x427 frame per step) with
+few FLOPs, so no GEMM rate bounds it. The rgb variant at its defaults (240 rows, 25 CRF steps): frame 0 in 8.3 s
+(EM 4.3 s, CRF training 3.8 s), then 0.30 s per frame; with both options below, frame 0 in 5.6 s.
+
+Two options, both off, trade the last bits for speed (the arithmetic is the same, the float summation order is not):
+
+- ``fused_crf``: on CPU the CRF's messages run as fused numba kernels (``fused.py``: one pass over memory per
+  message instead of 25 shifted products and a GEMM). xcit frame 0 at 480x854 in 58.1 s, CRF training 28.5 s (in a
+  slower phase of the VM: GEMM rate 166 GFLOP/s). The masks were identical to the default's on Carphone and the
+  bundled example (6 frames each, xcit and rgb): the CRF's logits move in the last bits and its argmax did not.
+  numba compiles the kernels on first use (~10 s, then cached on disk).
+- ``fast_em``: frame 0's EM over the active slots only, its passes too (each mixture's softmax on its own rows):
+  EM 1.6x faster. With both, xcit frame 0 takes 40.8 s (EM 13.5 s, CRF training 23.8 s). But this method amplifies
+  rounding: EM runs to a relative tolerance over dozens of iterations with concentrations in the thousands, so
+  last-bit differences move the fitted components (the default's own results do not depend on the thread count).
+
+Measured with ``python -m vos bench agreement --methods mixture:xcit,mixture:rgb --candidate mixture.NAME=true
+--frames 6 --size 480`` (Carphone at 480x586, random weights, mean IoU against the default's masks): fused_crf
+1.0000 for xcit and rgb (the 6-frame runs 1.48x and 1.22x faster); fast_em with fused_crf xcit 0.9920, rgb 0.9977,
+and on the bundled example (6 frames) xcit 0.9919, rgb 0.9990. Later frames do not change (their EM has the
+indicator and runs dense). torch's FLOP counter does not see the fused kernels.
 
 Reduced precision: ``dtype=bf16`` runs the feature networks under autocast; the position code, scoring, EM and
 CRF stay fp32. It does not pay here: on real footage (``python -m vos bench agreement --methods mixture --frames 10
@@ -81,6 +107,7 @@ the default and the only precision we recommend for mixture; rgb has no network,
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import math
 from collections.abc import Iterator
@@ -95,7 +122,7 @@ from PIL import Image
 from vos import device as vdevice
 from vos.backbones import xcit
 from vos.methods.base import SEMI, Method, MethodInfo, Option, OptionError, Paper, Reported, Resolution, register
-from vos.methods.mixture import fused, vmf
+from vos.methods.mixture import vmf
 from vos.methods.mixture.crf import PacCrf
 from vos.methods.mixture.features import Geometry, RgbFeatures, XcitFeatures, build_dinov2, resize_frame
 
@@ -238,12 +265,19 @@ INFO = MethodInfo(
         ),
         Option("em_iters", int, 2, "EM iterations on every later frame.", minimum=1),
         Option(
-            "fast",
+            "fused_crf",
             bool,
             False,
-            "Faster first frame, not the same bits: frame 0's EM over active components only, and on CPU the CRF "
-            "messages as fused kernels (numba). The same arithmetic in another float summation order, which this "
-            "method's EM amplifies: masks agree with the default's at mean IoU ~0.99 (see the docstring).",
+            "On CPU, the CRF's messages as fused kernels (numba; compiled on first use, then cached): frame 0's CRF "
+            "training ~1.7x faster. The same arithmetic in another float summation order, so not the same bits; "
+            "the masks were identical on the footage measured (see the docstring).",
+        ),
+        Option(
+            "fast_em",
+            bool,
+            False,
+            "Frame 0's EM over active components only, passes included: ~1.6x faster EM, but float sums in another "
+            "order, which this method's EM amplifies: masks agree with the default's at mean IoU ~0.99.",
         ),
         Option("crf", bool, True, "Refine with the PAC-CRFs (always on in the release)."),
         Option("crf_steps", int, 5, "Mean-field steps of each PAC-CRF.", minimum=0),
@@ -372,8 +406,8 @@ class MixtureVOS(Method):
 
     def _build(self) -> None:
         opts = self.options
-        if opts["fast"] and self.device.type == "cpu" and not fused.available():
-            raise OptionError("mixture: the fast option's CPU kernels need numba: pip install numba.")
+        if opts["fused_crf"] and self.device.type == "cpu" and importlib.util.find_spec("numba") is None:
+            raise OptionError("mixture: fused_crf needs numba on a CPU: pip install numba.")
         cfg = VARIANTS[self.variant]
         if opts["crf_iters"] is not None:
             cfg = dataclasses.replace(cfg, crf_iters=opts["crf_iters"])
@@ -451,12 +485,8 @@ class _Session:
         self.crfs: list[PacCrf] = []
         if opts["crf"]:
             with torch.inference_mode(False):
-                self.crfs = [
-                    PacCrf(num_objects, generator=self.generator, num_steps=opts["crf_steps"], fused=opts["fast"]).to(
-                        device
-                    )
-                    for _ in range(2)
-                ]
+                crf_settings = {"num_steps": opts["crf_steps"], "fused": opts["fused_crf"]}
+                self.crfs = [PacCrf(num_objects, generator=self.generator, **crf_settings).to(device) for _ in range(2)]
 
         self.rho = vmf.position_code(hg, wg, device=device)
         self.pe_unit = vmf.unit(self.rho)
@@ -506,7 +536,7 @@ class _Session:
             tolerance=opts["rll_tol"],
             history=None,
             block_elements=self.budget,
-            active_only=opts["fast"],
+            active_only=opts["fast_em"],
             on_iteration=lambda done, total: self.report(fitting, done, total),
         )
         self.history.save(f, stats, sums, 1.0, self.step_size)
@@ -569,7 +599,7 @@ class _Session:
                 pe_unit=self.pe_unit,
                 thresholds=self.thresholds,
                 block_elements=self.budget,
-                active_only=opts["fast"],
+                active_only=opts["fast_em"],
                 on_iteration=(
                     (lambda done, total: self.report("fitting frame 0 again", done, total)) if t == 0 else None
                 ),

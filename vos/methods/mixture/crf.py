@@ -20,6 +20,9 @@ equal to the release up to float rounding (tests/test_mixture.py checks against 
   frame-0 training (the issue's profile: 59% in the kernels' backward, 8% in im2col);
 - ||f(p) - f(q)||^2 is summed as (x_i(p) - x_i(q))^2 / s_i^2 rather than (x_i(p)/s_i - x_i(q)/s_i)^2, so the
   squared colour differences are taken once per training step without autograd and only 1/s^2 is differentiated.
+
+With ``fused=True`` (the method's ``fused_crf`` option) the messages on CPU run as numba kernels (``fused.py``), one
+pass over memory each: the same arithmetic in another summation order, so not the same bits.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vos.methods.mixture.fused import FusedPacMessage
 from vos.nn_utils import pad_for_windows, shifted_window
 
 KERNEL = 5
@@ -118,7 +120,11 @@ class PacCrf(nn.Module):
             raise ValueError(f"PacCrf refines one frame at a time, got a batch of {n}.")
         kernels = self.kernels(image)
         potts_mask = torch.eye(c, device=unary.device).unsqueeze(-1)  # one filter for every class, none across
-        message = FusedPacMessage if self.fused and unary.device.type == "cpu" else _PacMessage
+        message = _PacMessage
+        if self.fused and unary.device.type == "cpu":
+            from vos.methods.mixture.fused import FusedPacMessage  # imports numba: only when asked for
+
+            message = FusedPacMessage
         unary = unary * UNARY_SCALE
         log_q = unary
         for step in range(self.num_steps):

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the PAC-CRF's messages (numba), used by the mixture method's ``fast`` option.
+"""Fused CPU kernels for the PAC-CRF's messages (numba), used by the mixture method's ``fused_crf`` option.
 
 m[c, p] = sum_{c', o} W[c, c', o] K[o, p] Q[c', p + dil * o], with Q zero outside the frame, and its backward.
 torch spells this as 25 shifted products of the padded Q followed by a (C, 25C) x (25C, HW) product: each
@@ -12,106 +12,98 @@ numba compiles the kernels on first use (a few seconds, cached on disk next to t
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
-
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # the option says what to install; the default path never needs numba
-    numba = None
+from numba import njit, prange
 
 KERNEL = 5
 TAPS = KERNEL * KERNEL
 
+# Loops run over 1-D row slices: numba vectorises those, while the same loops indexing the 3-D arrays stayed
+# scalar (~10x slower).
 
-def available() -> bool:
-    return numba is not None
+
+@njit(parallel=True, cache=True)
+def _forward(q, kernel, weight, dilation, out):  # pragma: no cover - compiled
+    channels, height, width = q.shape
+    outputs = weight.shape[0]
+    for y in prange(height):
+        acc = np.zeros((outputs, width), dtype=q.dtype)
+        for o in range(TAPS):
+            dy = (o // KERNEL - KERNEL // 2) * dilation
+            dx = (o % KERNEL - KERNEL // 2) * dilation
+            yy = y + dy
+            if yy < 0 or yy >= height:
+                continue
+            x0, x1 = max(0, -dx), min(width, width - dx)
+            k_row = kernel[o, y, x0:x1]
+            for source in range(channels):
+                q_row = q[source, yy, x0 + dx : x1 + dx]
+                for c in range(outputs):
+                    w = weight[c, source, o]
+                    if w == 0:
+                        continue
+                    acc_row = acc[c, x0:x1]
+                    for i in range(x1 - x0):
+                        acc_row[i] += w * (k_row[i] * q_row[i])
+        out[:, y, :] = acc
 
 
-if numba is not None:
-    # Loops run over 1-D row slices: numba vectorises those, while the same loops indexing the 3-D arrays stayed
-    # scalar (~10x slower).
-
-    @njit(parallel=True, cache=True)
-    def _forward(q, kernel, weight, dilation, out):  # pragma: no cover - compiled
-        channels, height, width = q.shape
-        outputs = weight.shape[0]
-        for y in prange(height):
-            acc = np.zeros((outputs, width), dtype=q.dtype)
+@njit(parallel=True, cache=True)
+def _backward(q, kernel, weight, dilation, grad, grad_q, grad_kernel, grad_weight_parts):  # pragma: no cover
+    channels, height, width = q.shape
+    outputs = weight.shape[0]
+    blocks = grad_weight_parts.shape[0]
+    # dL/dK and dL/dW: rows in blocks; each block sums dW per column, then once over the columns.
+    for b in prange(blocks):
+        lanes = np.zeros((outputs, channels, TAPS, width), dtype=q.dtype)
+        for y in range(b * height // blocks, (b + 1) * height // blocks):
             for o in range(TAPS):
                 dy = (o // KERNEL - KERNEL // 2) * dilation
                 dx = (o % KERNEL - KERNEL // 2) * dilation
                 yy = y + dy
+                gk_row = grad_kernel[o, y]
+                gk_row[:] = 0
                 if yy < 0 or yy >= height:
                     continue
                 x0, x1 = max(0, -dx), min(width, width - dx)
                 k_row = kernel[o, y, x0:x1]
-                for source in range(channels):
-                    q_row = q[source, yy, x0 + dx : x1 + dx]
-                    for c in range(outputs):
-                        w = weight[c, source, o]
-                        if w == 0:
-                            continue
-                        acc_row = acc[c, x0:x1]
-                        for i in range(x1 - x0):
-                            acc_row[i] += w * (k_row[i] * q_row[i])
-            out[:, y, :] = acc
-
-    @njit(parallel=True, cache=True)
-    def _backward(q, kernel, weight, dilation, grad, grad_q, grad_kernel, grad_weight_parts):  # pragma: no cover
-        channels, height, width = q.shape
-        outputs = weight.shape[0]
-        blocks = grad_weight_parts.shape[0]
-        # dL/dK and dL/dW: rows in blocks; each block sums dW per column, then once over the columns.
-        for b in prange(blocks):
-            lanes = np.zeros((outputs, channels, TAPS, width), dtype=q.dtype)
-            for y in range(b * height // blocks, (b + 1) * height // blocks):
-                for o in range(TAPS):
-                    dy = (o // KERNEL - KERNEL // 2) * dilation
-                    dx = (o % KERNEL - KERNEL // 2) * dilation
-                    yy = y + dy
-                    gk_row = grad_kernel[o, y]
-                    gk_row[:] = 0
-                    if yy < 0 or yy >= height:
-                        continue
-                    x0, x1 = max(0, -dx), min(width, width - dx)
-                    k_row = kernel[o, y, x0:x1]
-                    gk = gk_row[x0:x1]
-                    for c in range(outputs):
-                        g_row = grad[c, y, x0:x1]
-                        for source in range(channels):
-                            w = weight[c, source, o]
-                            q_row = q[source, yy, x0 + dx : x1 + dx]
-                            lane = lanes[c, source, o, x0:x1]
-                            for i in range(x1 - x0):
-                                gk[i] += g_row[i] * (w * q_row[i])
-                                lane[i] += g_row[i] * (k_row[i] * q_row[i])
-            for c in range(outputs):
-                for source in range(channels):
-                    for o in range(TAPS):
-                        grad_weight_parts[b, c, source, o] = lanes[c, source, o].sum()
-        # dL/dQ as a gather: the cell q receives from every p = q - dil * o that read it.
-        for yq in prange(height):
-            acc = np.zeros((channels, width), dtype=q.dtype)
-            for o in range(TAPS):
-                dy = (o // KERNEL - KERNEL // 2) * dilation
-                dx = (o % KERNEL - KERNEL // 2) * dilation
-                y = yq - dy
-                if y < 0 or y >= height:
-                    continue
-                x0, x1 = max(0, dx), min(width, width + dx)
-                k_row = kernel[o, y, x0 - dx : x1 - dx]
+                gk = gk_row[x0:x1]
                 for c in range(outputs):
-                    g_row = grad[c, y, x0 - dx : x1 - dx]
+                    g_row = grad[c, y, x0:x1]
                     for source in range(channels):
                         w = weight[c, source, o]
-                        if w == 0:
-                            continue
-                        acc_row = acc[source, x0:x1]
+                        q_row = q[source, yy, x0 + dx : x1 + dx]
+                        lane = lanes[c, source, o, x0:x1]
                         for i in range(x1 - x0):
-                            acc_row[i] += w * (k_row[i] * g_row[i])
-            grad_q[:, yq, :] = acc
+                            gk[i] += g_row[i] * (w * q_row[i])
+                            lane[i] += g_row[i] * (k_row[i] * q_row[i])
+        for c in range(outputs):
+            for source in range(channels):
+                for o in range(TAPS):
+                    grad_weight_parts[b, c, source, o] = lanes[c, source, o].sum()
+    # dL/dQ as a gather: the cell q receives from every p = q - dil * o that read it.
+    for yq in prange(height):
+        acc = np.zeros((channels, width), dtype=q.dtype)
+        for o in range(TAPS):
+            dy = (o // KERNEL - KERNEL // 2) * dilation
+            dx = (o % KERNEL - KERNEL // 2) * dilation
+            y = yq - dy
+            if y < 0 or y >= height:
+                continue
+            x0, x1 = max(0, dx), min(width, width + dx)
+            k_row = kernel[o, y, x0 - dx : x1 - dx]
+            for c in range(outputs):
+                g_row = grad[c, y, x0 - dx : x1 - dx]
+                for source in range(channels):
+                    w = weight[c, source, o]
+                    if w == 0:
+                        continue
+                    acc_row = acc[source, x0:x1]
+                    for i in range(x1 - x0):
+                        acc_row[i] += w * (k_row[i] * g_row[i])
+        grad_q[:, yq, :] = acc
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

@@ -463,15 +463,15 @@ def _indicator_rows(indicator: Indicator, objects: torch.Tensor) -> Indicator:
     return Indicator(indicator.gate[objects], indicator.mu_pe_unit[objects])
 
 
-def _softmax_(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax of ``logits`` along ``dim`` in place, and the log-sum-exp it normalised by.
+def _softmax_(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax of ``logits`` along ``dim`` in place; returns the log-sum-exp it normalised by.
 
     torch's softmax kernel, not exp(): torch.exp takes a slow path (~10-35x) for every input below -87, where the
     result is zero or subnormal, and the masked slots and far components put most log-joints there. The
     log-sum-exp is read off the softmax: at the maximum, softmax = exp(0) / sum, so log sum = top - log(max q)."""
     top = logits.amax(dim)
     torch.ops.aten._softmax.out(logits, dim, False, out=logits)
-    return logits, top - logits.amax(dim).log_()
+    return top - logits.amax(dim).log_()
 
 
 def _estep_active(
@@ -526,7 +526,7 @@ def _estep_active(
                 lo, hi = bounds[s], bounds[s + 1]
                 if lo == hi:
                     continue
-                _, lse = _softmax_(jll[lo:hi], 0)
+                lse = _softmax_(jll[lo:hi], 0)
                 if with_ll:
                     loglik[o, s] += lse.sum()
             object_counts += jll.sum(1)
@@ -649,8 +649,8 @@ def score_cells(
     raises a maximum over values >= 0; leaving those slots out changes no bit and halves the products.
     """
     num_objects, num_models, k_max, dim = mixtures.mu.shape
-    active = mixtures.active.reshape(-1)
-    slots = active.nonzero().flatten()  # object by object, so each object's slots are one run of columns
+    # Object by object, so each object's slots are one run of columns.
+    slots = mixtures.active.reshape(-1).nonzero().flatten()
     bounds = [0, *np.cumsum(mixtures.active.reshape(num_objects, -1).sum(1).tolist()).tolist()]
     mu = mixtures.mu.reshape(-1, dim)[slots]
     kappa = mixtures.kappa.reshape(-1)[slots]
