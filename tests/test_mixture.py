@@ -283,15 +283,20 @@ def _random_mixtures(rho: torch.Tensor, num_objects=3, num_models=4, k_max=9, nf
     return vmf.set_params(alpha, mu, kappa, active, nf)
 
 
-def test_chunked_scoring_equals_unchunked_exactly():
-    hg, wg, nf = 23, 31, 20
+def _scoring_case(hg: int, wg: int, seed: int):
+    """Random mixtures (3 objects, 4 mixtures, 9 slots, some masked), scoring vectors, gates, thresholds and the
+    unit position code on an hg x wg grid."""
     rho = vmf.position_code(hg, wg)
-    mixtures = _random_mixtures(rho, nf=nf)
-    gen = torch.Generator().manual_seed(1)
-    frame = torch.nn.functional.normalize(torch.cat([torch.randn(hg * wg, nf, generator=gen) * 3, rho], 1), dim=1)
+    mixtures = _random_mixtures(rho, nf=20)
+    gen = torch.Generator().manual_seed(seed)
+    frame = torch.nn.functional.normalize(torch.cat([torch.randn(hg * wg, 20, generator=gen) * 3, rho], 1), dim=1)
     gate = torch.rand(3, hg * wg, generator=gen) > 0.2
-    thresholds = vmf.indicator_thresholds(4)
-    pe = vmf.unit(rho)
+    return mixtures, frame, gate, vmf.indicator_thresholds(4), vmf.unit(rho)
+
+
+def test_chunked_scoring_equals_unchunked_exactly():
+    hg, wg = 23, 31
+    mixtures, frame, gate, thresholds, pe = _scoring_case(hg, wg, seed=1)
     for ind in (None, thresholds):
         whole = vmf.score_cells(mixtures, frame, gate, pe_unit=pe, thresholds=ind, chunk=hg * wg)
         assert whole.shape == (3, hg * wg) and (whole >= 0).all()
@@ -720,14 +725,7 @@ def test_estep_over_active_slots_gives_the_dense_products_bits(pe_only):
 
 
 def test_scoring_over_active_slots_equals_the_padded_scores_bit_for_bit():
-    hg, wg, nf = 19, 29, 20
-    rho = vmf.position_code(hg, wg)
-    mixtures = _random_mixtures(rho, nf=nf)
-    gen = torch.Generator().manual_seed(4)
-    frame = torch.nn.functional.normalize(torch.cat([torch.randn(hg * wg, nf, generator=gen) * 3, rho], 1), dim=1)
-    gate = torch.rand(3, hg * wg, generator=gen) > 0.2
-    thresholds = vmf.indicator_thresholds(4)
-    pe = vmf.unit(rho)
+    mixtures, frame, gate, thresholds, pe = _scoring_case(19, 29, seed=4)
     isk = mixtures.active.numel()
     joint = (frame @ mixtures.mu.reshape(isk, -1).t()).mul_(mixtures.kappa.reshape(isk))
     joint = joint.add_(mixtures.log_c.reshape(isk)).add_(mixtures.logalpha.reshape(isk))

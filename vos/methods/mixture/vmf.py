@@ -415,24 +415,15 @@ def em(
     step = 0
     for step in range(iterations):
         need_ll = tested and step >= TOL_FROM_ITER - 1
+        rows = (sub.select(running), frame, index[running], valid[running])
+        pe_only = history is None and step == 0
         if active_only and indicator is None:
-            stats, counts, ll = _estep_active(
-                sub.select(running),
-                frame,
-                index[running],
-                valid[running],
-                block_elements,
-                pe_only=history is None and step == 0,
-                with_ll=need_ll,
-            )
+            stats, counts, ll = _estep_active(*rows, block_elements, pe_only=pe_only, with_ll=need_ll)
         else:
             stats, counts, ll = _estep(
-                sub.select(running),
-                frame,
-                index[running],
-                valid[running],
+                *rows,
                 block,
-                pe_only=history is None and step == 0,
+                pe_only=pe_only,
                 with_ll=need_ll,
                 indicator=None if indicator is None else _indicator_rows(indicator, objects[running]),
                 pe_unit=pe_unit,
