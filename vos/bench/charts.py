@@ -144,6 +144,7 @@ def _layout(fig: go.Figure, title: str) -> None:
 PNG_WIDTH = 1000
 PNG_PLOT_HEIGHT = 340  # the plot itself; the title above and the legend below get what they need on top
 LEGEND_PER_ROW = 4  # legend entries a 1000-pixel row holds
+LEGEND_ENTRY_PX = 200  # four of them beside the legend's title
 
 
 def _fit_png(fig: go.Figure) -> int:
@@ -152,7 +153,8 @@ def _fit_png(fig: go.Figure) -> int:
     entries = sum(1 for trace in fig.data if trace.showlegend is not False)
     rows = -(-entries // LEGEND_PER_ROW)
     bottom = max(fig.layout.margin.b or 0, 90 + 26 * rows)
-    fig.update_layout(margin={"b": bottom})
+    # Equal entries, so a row holds LEGEND_PER_ROW of them whatever their labels (a fifth one ran off the edge).
+    fig.update_layout(margin={"b": bottom}, legend={"entrywidth": LEGEND_ENTRY_PX, "entrywidthmode": "pixels"})
     return (fig.layout.margin.t or 0) + PNG_PLOT_HEIGHT + bottom
 
 
