@@ -408,6 +408,9 @@ def test_ctrl_c_keeps_the_frames_done(tmp_path, clip_and_prompt, capsys):
 
     clip, prompt, _ = clip_and_prompt
     out = tmp_path / "run"
+    # What the run must put back: Python's default handler, or SIG_IGN when the tests were started as a background
+    # job without job control (the shell ignores SIGINT for those, and Python keeps that).
+    handler_before = signal.getsignal(signal.SIGINT)
 
     def interrupt_after_two_frames() -> None:
         deadline = time.monotonic() + 60
@@ -433,7 +436,7 @@ def test_ctrl_c_keeps_the_frames_done(tmp_path, clip_and_prompt, capsys):
     assert never["status"] == "cancelled" and never["masks_dir"] is None and never["partial_masks_dir"] is None
     assert (out / "side_by_side.mp4").stat().st_size > 0
     assert "Stopped (Ctrl+C)" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the run
+    assert signal.getsignal(signal.SIGINT) is handler_before  # put back after the run
 
 
 @pytest.mark.slow
