@@ -25,11 +25,14 @@ TAPS = KERNEL * KERNEL
 
 
 @njit(parallel=True, cache=True)
-def _forward(q, kernel, weight, dilation, out):  # pragma: no cover - compiled
-    channels, height, width = q.shape
+def _gather(values, kernel, weight, dilation, kernel_at_source, out):  # pragma: no cover - compiled
+    """out[c, p] = sum_{c', o} weight[c, c', o] * K[o, .] * values[c', p + dil * o], values zero outside the frame;
+    K is taken at p (the message) or at p + dil * o (``kernel_at_source``: dL/dQ, the message's transpose, which
+    runs this with the weight transposed and the dilation negated)."""
+    channels, height, width = values.shape
     outputs = weight.shape[0]
     for y in prange(height):
-        acc = np.zeros((outputs, width), dtype=q.dtype)
+        acc = np.zeros((outputs, width), dtype=values.dtype)
         for o in range(TAPS):
             dy = (o // KERNEL - KERNEL // 2) * dilation
             dx = (o % KERNEL - KERNEL // 2) * dilation
@@ -37,25 +40,26 @@ def _forward(q, kernel, weight, dilation, out):  # pragma: no cover - compiled
             if yy < 0 or yy >= height:
                 continue
             x0, x1 = max(0, -dx), min(width, width - dx)
-            k_row = kernel[o, y, x0:x1]
+            k_row = kernel[o, yy, x0 + dx : x1 + dx] if kernel_at_source else kernel[o, y, x0:x1]
             for source in range(channels):
-                q_row = q[source, yy, x0 + dx : x1 + dx]
+                v_row = values[source, yy, x0 + dx : x1 + dx]
                 for c in range(outputs):
                     w = weight[c, source, o]
                     if w == 0:
                         continue
                     acc_row = acc[c, x0:x1]
                     for i in range(x1 - x0):
-                        acc_row[i] += w * (k_row[i] * q_row[i])
+                        acc_row[i] += w * (k_row[i] * v_row[i])
         out[:, y, :] = acc
 
 
 @njit(parallel=True, cache=True)
-def _backward(q, kernel, weight, dilation, grad, grad_q, grad_kernel, grad_weight_parts):  # pragma: no cover
+def _kernel_and_weight_grads(q, kernel, weight, dilation, grad, grad_kernel, grad_weight_parts):  # pragma: no cover
+    """dL/dK (25, H, W) and dL/dW per block of rows (blocks, Cout, C, 25): each block sums dW per column, then once
+    over the columns."""
     channels, height, width = q.shape
     outputs = weight.shape[0]
     blocks = grad_weight_parts.shape[0]
-    # dL/dK and dL/dW: rows in blocks; each block sums dW per column, then once over the columns.
     for b in prange(blocks):
         lanes = np.zeros((outputs, channels, TAPS, width), dtype=q.dtype)
         for y in range(b * height // blocks, (b + 1) * height // blocks):
@@ -83,27 +87,6 @@ def _backward(q, kernel, weight, dilation, grad, grad_q, grad_kernel, grad_weigh
             for source in range(channels):
                 for o in range(TAPS):
                     grad_weight_parts[b, c, source, o] = lanes[c, source, o].sum()
-    # dL/dQ as a gather: the cell q receives from every p = q - dil * o that read it.
-    for yq in prange(height):
-        acc = np.zeros((channels, width), dtype=q.dtype)
-        for o in range(TAPS):
-            dy = (o // KERNEL - KERNEL // 2) * dilation
-            dx = (o % KERNEL - KERNEL // 2) * dilation
-            y = yq - dy
-            if y < 0 or y >= height:
-                continue
-            x0, x1 = max(0, dx), min(width, width + dx)
-            k_row = kernel[o, y, x0 - dx : x1 - dx]
-            for c in range(outputs):
-                g_row = grad[c, y, x0 - dx : x1 - dx]
-                for source in range(channels):
-                    w = weight[c, source, o]
-                    if w == 0:
-                        continue
-                    acc_row = acc[source, x0:x1]
-                    for i in range(x1 - x0):
-                        acc_row[i] += w * (k_row[i] * g_row[i])
-        grad_q[:, yq, :] = acc
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
@@ -117,7 +100,7 @@ class FusedPacMessage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
         out = q.new_empty(weight.shape[0], *q.shape[1:])
-        _forward(_array(q), _array(kernel), _array(weight), dilation, out.numpy())
+        _gather(_array(q), _array(kernel), _array(weight), dilation, False, out.numpy())
         ctx.save_for_backward(q, kernel, weight)
         ctx.dilation = dilation
         return out
@@ -129,8 +112,8 @@ class FusedPacMessage(torch.autograd.Function):
         grad_kernel = torch.empty_like(kernel)
         blocks = max(1, min(numba.get_num_threads(), q.shape[1]))
         parts = q.new_empty(blocks, *weight.shape)
-        _backward(
-            _array(q), _array(kernel), _array(weight), ctx.dilation, _array(grad), grad_q.numpy(),
-            grad_kernel.numpy(), parts.numpy(),
-        )  # fmt: skip
+        q_, kernel_, grad_ = _array(q), _array(kernel), _array(grad)
+        _kernel_and_weight_grads(q_, kernel_, _array(weight), ctx.dilation, grad_, grad_kernel.numpy(), parts.numpy())
+        # dL/dQ as a gather: the cell q receives from every p = q - dil * o that read it.
+        _gather(grad_, kernel_, _array(weight.transpose(0, 1)), -ctx.dilation, True, grad_q.numpy())
         return grad_q, grad_kernel, parts.sum(0), None
