@@ -454,15 +454,15 @@ def _indicator_rows(indicator: Indicator, objects: torch.Tensor) -> Indicator:
     return Indicator(indicator.gate[objects], indicator.mu_pe_unit[objects])
 
 
-def _softmax_(logits: torch.Tensor, dim: int) -> torch.Tensor:
-    """Softmax of ``logits`` along ``dim`` in place; returns the log-sum-exp it normalised by.
+def _softmax_(logits: torch.Tensor, dim: int, *, with_lse: bool) -> torch.Tensor | None:
+    """Softmax of ``logits`` along ``dim`` in place; returns the log-sum-exp it normalised by if ``with_lse``.
 
     torch's softmax kernel, not exp(): torch.exp takes a slow path (~10-35x) for every input below -87, where the
     result is zero or subnormal, and the masked slots and far components put most log-joints there. The
     log-sum-exp is read off the softmax: at the maximum, softmax = exp(0) / sum, so log sum = top - log(max q)."""
-    top = logits.amax(dim)
+    top = logits.amax(dim) if with_lse else None
     torch.ops.aten._softmax.out(logits, dim, False, out=logits)
-    return top - logits.amax(dim).log_()
+    return top - logits.amax(dim).log_() if with_lse else None
 
 
 def _estep_active(
@@ -517,7 +517,7 @@ def _estep_active(
                 lo, hi = bounds[s], bounds[s + 1]
                 if lo == hi:
                     continue
-                lse = _softmax_(jll[lo:hi], 0)
+                lse = _softmax_(jll[lo:hi], 0, with_lse=with_ll)
                 if with_ll:
                     loglik[o, s] += lse.sum()
             object_counts += jll.sum(1)
