@@ -673,6 +673,30 @@ def test_fused_message_equals_the_torch_message_with_its_gradients(dilation):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dilation", [1, 16, 64])
+def test_fused_kernel_equals_the_plain_kernel_with_its_gradient_and_is_zero_off_the_frame(dilation):
+    from vos.methods.mixture.fused import FusedPacKernel
+
+    generator = torch.Generator().manual_seed(dilation)
+    h, w = 70, 150  # the 64-pixel dilation's windows fall off both edges of the rows
+    image = torch.rand(3, h, w, generator=generator) * 255
+    inverse = (torch.tensor([16.25, 16.25, 30.0, 30.0, 30.0]) * (0.5 + torch.rand(5, generator=generator))).pow(-2)
+    inverse.requires_grad_()
+    rows, cols = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    feat = torch.cat([torch.stack([rows, cols]), image])[None]
+    window = F.unfold(feat, 5, dilation=dilation, padding=2 * dilation).view(5, 25, h, w)
+    inside = F.unfold(torch.ones(1, 1, h, w), 5, dilation=dilation, padding=2 * dilation).view(25, h, w) > 0
+    plain = torch.exp(-0.5 * ((window - feat[0, :, None]) ** 2 * inverse.view(5, 1, 1, 1)).sum(0)) * inside
+
+    ours = FusedPacKernel.apply(image, inverse, dilation)
+    torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-7)
+    assert torch.all(ours[~inside] == 0)
+    grad = torch.randn(25, h, w, generator=generator)
+    (a,) = torch.autograd.grad(ours, inverse, grad)
+    (b,) = torch.autograd.grad(plain, inverse, grad)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_exp_helper_is_torch_exp_bit_for_bit():
     # Across the fast range, the subnormal band (-104..-87) and far below it, where the result is 0.
     x = torch.cat([torch.linspace(-120.0, 20.0, 100_003), torch.tensor([-1e6, -104.0, -103.97, -87.34, -87.0])])
@@ -751,15 +775,18 @@ def test_fast_options_track_like_the_default():
     assert np.mean(truth) >= 0.8, truth
 
 
-def test_numba_is_imported_only_when_the_fused_crf_runs(monkeypatch):
+def test_numba_is_imported_only_when_the_fused_crf_runs(monkeypatch, caplog):
     import subprocess
     import sys
 
     code = "import sys, vos.methods.mixture, vos.methods.mixture.crf; assert 'numba' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    assert vm.create("mixture", variant="rgb", device="cpu").fused_crf  # the default on CPU
+    assert not vm.create("mixture", variant="rgb", device="cpu", fused_crf=False).fused_crf
     real_find_spec = mixture.importlib.util.find_spec
     monkeypatch.setattr(
         mixture.importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real_find_spec(name, *a)
     )
-    with pytest.raises(vm.OptionError, match="pip install numba"):
-        vm.create("mixture", variant="rgb", device="cpu", fused_crf=True)
+    with caplog.at_level("WARNING"):
+        method = vm.create("mixture", variant="rgb", device="cpu")
+    assert not method.fused_crf and "pip install numba" in caplog.text

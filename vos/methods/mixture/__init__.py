@@ -121,7 +121,7 @@ from PIL import Image
 
 from vos import device as vdevice
 from vos.backbones import xcit
-from vos.methods.base import SEMI, Method, MethodInfo, Option, OptionError, Paper, Reported, Resolution, register
+from vos.methods.base import SEMI, Method, MethodInfo, Option, Paper, Reported, Resolution, register
 from vos.methods.mixture import vmf
 from vos.methods.mixture.crf import PacCrf
 from vos.methods.mixture.features import Geometry, RgbFeatures, XcitFeatures, build_dinov2, resize_frame
@@ -267,10 +267,11 @@ INFO = MethodInfo(
         Option(
             "fused_crf",
             bool,
-            False,
-            "On CPU, the CRF's messages as fused kernels (numba; compiled on first use, then cached): frame 0's CRF "
-            "training ~1.7x faster. The same arithmetic in another float summation order, so not the same bits; "
-            "the masks were identical on the footage measured (see the docstring).",
+            True,
+            "On CPU, the CRF's kernels and messages as fused numba kernels (compiled on first use, then cached): "
+            "frame 0's CRF training ~1.7x faster. The same arithmetic in another float summation order, so not the "
+            "same bits; the masks were identical on the footage measured (see the docstring). false: torch's "
+            "reference path. Without numba the reference path runs, with a warning.",
         ),
         Option(
             "fast_em",
@@ -406,8 +407,13 @@ class MixtureVOS(Method):
 
     def _build(self) -> None:
         opts = self.options
-        if opts["fused_crf"] and self.device.type == "cpu" and importlib.util.find_spec("numba") is None:
-            raise OptionError("mixture: fused_crf needs numba on a CPU: pip install numba.")
+        self.fused_crf = opts["fused_crf"] and self.device.type == "cpu"
+        if self.fused_crf and importlib.util.find_spec("numba") is None:
+            log.warning(
+                "mixture: numba is not installed, so the CRF trains on torch's reference path (the same masks, about "
+                "1.7x slower on CPU); pip install numba, or pass fused_crf=false to silence this."
+            )
+            self.fused_crf = False
         cfg = VARIANTS[self.variant]
         if opts["crf_iters"] is not None:
             cfg = dataclasses.replace(cfg, crf_iters=opts["crf_iters"])
@@ -485,7 +491,7 @@ class _Session:
         self.crfs: list[PacCrf] = []
         if opts["crf"]:
             with torch.inference_mode(False):
-                crf_settings = {"num_steps": opts["crf_steps"], "fused": opts["fused_crf"]}
+                crf_settings = {"num_steps": opts["crf_steps"], "fused": method.fused_crf}
                 self.crfs = [PacCrf(num_objects, generator=self.generator, **crf_settings).to(device) for _ in range(2)]
 
         self.rho = vmf.position_code(hg, wg, device=device)

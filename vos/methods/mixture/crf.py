@@ -21,8 +21,9 @@ equal to the release up to float rounding (tests/test_mixture.py checks against 
 - ||f(p) - f(q)||^2 is summed as (x_i(p) - x_i(q))^2 / s_i^2 rather than (x_i(p)/s_i - x_i(q)/s_i)^2, so the
   squared colour differences are taken once per training step without autograd and only 1/s^2 is differentiated.
 
-With ``fused=True`` (the method's ``fused_crf`` option) the messages on CPU run as numba kernels (``fused.py``), one
-pass over memory each: the same arithmetic in another summation order, so not the same bits.
+With ``fused=True`` (the method's ``fused_crf`` option, its default on CPU) the kernels and messages on CPU run as
+numba kernels (``fused.py``), one pass over memory each: the same arithmetic in another summation order, so not the
+same bits.
 """
 
 from __future__ import annotations
@@ -94,12 +95,19 @@ class PacCrf(nn.Module):
         scales = [POSITION_SCALE] * 2 + [COLOUR_SCALE] * 3
         self.feat_scales = nn.Parameter(torch.tensor([scales] * len(DILATIONS)))  # (3, 5)
 
+    def _fused_on(self, tensor: torch.Tensor) -> bool:
+        """Whether this CRF runs on numba's fused kernels (imported, with numba, only then)."""
+        return self.fused and tensor.device.type == "cpu"
+
     def kernels(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Per pairwise term, K(p, p + dil*o) as (25, H, W) from a (1, 3, H, W) image.
 
         ||f(p) - f(q)||^2 is taken as sum_i (x_i(p) - x_i(q))^2 / s_i^2: the squared differences do not depend on
         the learnable scales, so they are computed once, without autograd, and only 1/s^2 is differentiated."""
-        h, w = image.shape[-2:]
+        if self._fused_on(image):
+            from vos.methods.mixture.fused import FusedPacKernel
+
+            return [FusedPacKernel.apply(image[0], s.pow(-2), dil) for s, dil in zip(self.feat_scales, DILATIONS)]
         out = []
         for scales, dil in zip(self.feat_scales, DILATIONS):
             with torch.no_grad():
@@ -121,8 +129,8 @@ class PacCrf(nn.Module):
         kernels = self.kernels(image)
         potts_mask = torch.eye(c, device=unary.device).unsqueeze(-1)  # one filter for every class, none across
         message = _PacMessage
-        if self.fused and unary.device.type == "cpu":
-            from vos.methods.mixture.fused import FusedPacMessage  # imports numba: only when asked for
+        if self._fused_on(unary):
+            from vos.methods.mixture.fused import FusedPacMessage
 
             message = FusedPacMessage
         unary = unary * UNARY_SCALE

@@ -1,24 +1,29 @@
-"""Fused CPU kernels for the PAC-CRF's messages (numba), used by the mixture method's ``fused_crf`` option.
+"""Fused CPU kernels for the PAC-CRF (numba), used by the mixture method's ``fused_crf`` option (on by default on CPU).
 
 m[c, p] = sum_{c', o} W[c, c', o] K[o, p] Q[c', p + dil * o], with Q zero outside the frame, and its backward.
 torch spells this as 25 shifted products of the padded Q followed by a (C, 25C) x (25C, HW) product: each
 product is a pass over memory, and the frame-0 CRF training (2 x 100 Adam steps x 5 mean-field steps x 3
 messages) is nothing but such passes. Here each message is one pass: every row of the output gathers its 25
-neighbours' rows directly, without an intermediate (C, 25, H, W) tensor. The arithmetic is the same; only the
-order of the float summation differs from torch's (its GEMM's blocking), which is why the caller makes it an option.
+neighbours' rows directly, without an intermediate (C, 25, H, W) tensor. The kernel K = exp(-0.5 ||f(p) - f(q)||^2)
+and its gradient in the scales are one pass each as well, from the image, instead of 75 colour differences, a
+3-deep product and an exp. The arithmetic is the same; only the order of the float summation differs from torch's
+(its GEMM's blocking), so the CRF's logits differ in the last bits (the masks did not, on the footage measured).
+Every sum runs in an order that does not depend on the number of threads.
 
-numba compiles the kernels on first use (a few seconds, cached on disk next to this file when it is writable).
+numba compiles the kernels on first use (~12 s, cached on disk next to this file when it is writable).
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
 KERNEL = 5
 TAPS = KERNEL * KERNEL
+# dL/dW is summed over this many row blocks, in parallel, then over the blocks: a fixed number, not the thread
+# count, so that the sums (and the trained CRF) are the same on any machine.
+WEIGHT_GRAD_BLOCKS = 16
 
 # Loops run over 1-D row slices: numba vectorises those, while the same loops indexing the 3-D arrays stayed
 # scalar (~10x slower).
@@ -89,8 +94,96 @@ def _kernel_and_weight_grads(q, kernel, weight, dilation, grad, grad_kernel, gra
                     grad_weight_parts[b, c, source, o] = lanes[c, source, o].sum()
 
 
+@njit(parallel=True, cache=True)
+def _pac_kernel(image, inverse, dilation, out):  # pragma: no cover - compiled
+    """out[o, p] = exp(-0.5 * (sum_i inverse_i (f_i(p) - f_i(p + dil * o))^2)), f = (y, x, colours): the PAC kernel
+    (25, H, W) from the image (3, H, W) and the inverse squared scales (5,). Zero where the neighbour is outside the
+    frame (Q is zero there, so the value never counts; zero keeps its gradient zero too)."""
+    colours, height, width = image.shape
+    for y in prange(height):
+        for o in range(TAPS):
+            dy = (o // KERNEL - KERNEL // 2) * dilation
+            dx = (o % KERNEL - KERNEL // 2) * dilation
+            yy = y + dy
+            row = out[o, y]
+            row[:] = 0
+            if yy < 0 or yy >= height:
+                continue
+            x0, x1 = max(0, -dx), min(width, width - dx)
+            if x1 <= x0:
+                continue
+            position = inverse[0] * np.float32(dy * dy) + inverse[1] * np.float32(dx * dx)
+            distance = np.full(x1 - x0, position, dtype=out.dtype)
+            for c in range(colours):
+                here = image[c, y, x0:x1]
+                there = image[c, yy, x0 + dx : x1 + dx]
+                s = inverse[2 + c]
+                for i in range(x1 - x0):
+                    d = here[i] - there[i]
+                    distance[i] += s * (d * d)
+            part = row[x0:x1]
+            for i in range(x1 - x0):
+                part[i] = np.exp(np.float32(-0.5) * distance[i])
+
+
+@njit(parallel=True, cache=True)
+def _pac_kernel_grad(image, kernel, grad, dilation, rows_out):  # pragma: no cover - compiled
+    """Per row y, d loss / d inverse (5,) summed over that row's cells and taps: rows_out (H, 5), float64.
+    dK/d inverse_i = -0.5 K (f_i(p) - f_i(q))^2. Sums run in per-column lanes (which vectorise) and the rows are
+    summed by the caller in a fixed order, so the result does not depend on the number of threads."""
+    colours, height, width = image.shape
+    for y in prange(height):
+        lanes = np.zeros((2 + colours, width), dtype=np.float32)
+        for o in range(TAPS):
+            dy = (o // KERNEL - KERNEL // 2) * dilation
+            dx = (o % KERNEL - KERNEL // 2) * dilation
+            yy = y + dy
+            x0, x1 = max(0, -dx), min(width, width - dx)
+            if yy < 0 or yy >= height or x1 <= x0:
+                continue
+            g_row = grad[o, y, x0:x1]
+            k_row = kernel[o, y, x0:x1]
+            position = lanes[0, x0:x1]
+            for i in range(x1 - x0):
+                position[i] += g_row[i] * k_row[i]
+            for c in range(colours):
+                here = image[c, y, x0:x1]
+                there = image[c, yy, x0 + dx : x1 + dx]
+                lane = lanes[2 + c, x0:x1]
+                for i in range(x1 - x0):
+                    d = here[i] - there[i]
+                    lane[i] += g_row[i] * k_row[i] * (d * d)
+            # the position terms: dy^2 and dx^2 are constant over the row, so they multiply the row's sum afterwards
+            total = np.float64(lanes[0].sum())
+            lanes[0] = 0
+            rows_out[y, 0] += -0.5 * dy * dy * total
+            rows_out[y, 1] += -0.5 * dx * dx * total
+        for c in range(colours):
+            rows_out[y, 2 + c] = -0.5 * np.float64(lanes[2 + c].sum())
+
+
 def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
+
+
+class FusedPacKernel(torch.autograd.Function):
+    """The PAC kernel of ``crf.PacCrf.kernels`` for one pairwise term: image (3, H, W), inverse squared scales (5,)
+    -> (25, H, W), differentiable in the scales; CPU tensors only."""
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor, inverse: torch.Tensor, dilation: int) -> torch.Tensor:
+        out = image.new_empty(TAPS, *image.shape[1:])
+        _pac_kernel(_array(image), _array(inverse), dilation, out.numpy())
+        ctx.save_for_backward(image, out)
+        ctx.dilation = dilation
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        image, kernel = ctx.saved_tensors
+        rows = np.zeros((image.shape[1], 2 + image.shape[0]), dtype=np.float64)
+        _pac_kernel_grad(_array(image), _array(kernel), _array(grad), ctx.dilation, rows)
+        return None, torch.from_numpy(rows.sum(0)).to(kernel.dtype), None
 
 
 class FusedPacMessage(torch.autograd.Function):
@@ -110,7 +203,7 @@ class FusedPacMessage(torch.autograd.Function):
         q, kernel, weight = ctx.saved_tensors
         grad_q = torch.empty_like(q)
         grad_kernel = torch.empty_like(kernel)
-        blocks = max(1, min(numba.get_num_threads(), q.shape[1]))
+        blocks = max(1, min(WEIGHT_GRAD_BLOCKS, q.shape[1]))
         parts = q.new_empty(blocks, *weight.shape)
         q_, kernel_, grad_ = _array(q), _array(kernel), _array(grad)
         _kernel_and_weight_grads(q_, kernel_, _array(weight), ctx.dilation, grad_, grad_kernel.numpy(), parts.numpy())
