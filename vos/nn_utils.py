@@ -6,6 +6,21 @@ import torch
 import torch.nn.functional as F
 
 
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(dim=0)`` (the first maximum, int64) for a (C, ...) tensor with a few channels, as one pass per
+    channel: torch's argmax over a short leading dimension ran 10-30x slower (30-70 ms for a 480x832 label map).
+    Inputs holding NaN take torch's own argmax, which ranks NaN highest."""
+    if bool(x.isnan().any()):
+        return x.argmax(dim=0)
+    best = x[0]
+    index = torch.zeros(x.shape[1:], dtype=torch.long, device=x.device)
+    for c in range(1, x.shape[0]):
+        better = x[c] > best  # strictly: a tie keeps the earlier channel, as argmax does
+        best = torch.where(better, x[c], best)
+        index.masked_fill_(better, c)
+    return index
+
+
 def rowblock_mm(a: torch.Tensor, b: torch.Tensor, *, block: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """a (n, d) @ b (d, m) as products of exactly ``block`` rows of ``a`` (the last block zero-padded), written into
     ``out`` (n, m) when given.

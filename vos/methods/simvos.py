@@ -81,6 +81,7 @@ from vos.methods.base import (
     Resolution,
     register,
 )
+from vos.nn_utils import channel_argmax
 from vos.video import Clip, resize_frame
 
 log = logging.getLogger(__name__)
@@ -581,4 +582,4 @@ class SimVOS(Method):
         probs = padding.unpad(probs)
         if tuple(probs.shape[-2:]) != tuple(size):
             probs = F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
-        return probs[:, 0].argmax(dim=0).cpu().numpy()
+        return channel_argmax(probs[:, 0]).cpu().numpy()

@@ -76,7 +76,7 @@ from vos.methods.base import (
     Reported,
     register,
 )
-from vos.nn_utils import rowblock_mm
+from vos.nn_utils import channel_argmax, rowblock_mm
 from vos.video import Clip
 
 log = logging.getLogger(__name__)
@@ -458,7 +458,7 @@ class TransductiveVOS(Method):
                 history.add(t, flat, F.one_hot(scores.argmax(dim=1), num_channels).float())  # hard history
                 maps = scores.t().reshape(1, num_channels, h, w)
                 upsampled = F.interpolate(maps, size=clip.size, mode="bilinear", align_corners=False)
-                output = to_id[upsampled[0].argmax(dim=0).cpu().numpy()]
+                output = to_id[channel_argmax(upsampled[0]).cpu().numpy()]
             history.trim(still_referenced(t, total, opts["window"]))
             yield output
 

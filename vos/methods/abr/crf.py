@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vos.nn_utils import neighbours
+from vos.nn_utils import channel_argmax, neighbours
 
 WINDOW = 5
 DILATIONS = (1, 4, 16, 64)
@@ -99,4 +99,4 @@ def refine_labels(
             message += (near * kernel[None]).sum(1)
         # Potts: the energy of label c is sum_q W (1 - Q_c(q)) = const - message_c.
         q = (unary_logits + message).softmax(0)
-    return present[q.argmax(0).cpu().numpy()]
+    return present[channel_argmax(q).cpu().numpy()]

@@ -125,6 +125,7 @@ from vos.methods.base import SEMI, Method, MethodInfo, Option, Paper, Reported, 
 from vos.methods.mixture import vmf
 from vos.methods.mixture.crf import PacCrf
 from vos.methods.mixture.features import Geometry, RgbFeatures, XcitFeatures, build_dinov2, resize_frame
+from vos.nn_utils import channel_argmax
 
 log = logging.getLogger(__name__)
 
@@ -578,11 +579,11 @@ class _Session:
         scores = self.score(score, gate, indicator=t > 0)
         top = scores.topk(2, dim=0).values  # a prompt has an object, so there are at least two rows
         confident = (top[0] - top[1]).abs() > opts["std"]
-        raw_labels = scores.argmax(0)
+        raw_labels = channel_argmax(scores)
         image = self.crf_image(frame)
-        unary = one_hot_map(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0].argmax(0), num_objects)
+        unary = one_hot_map(channel_argmax(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0]), num_objects)
         refined = self.refine(0, unary, image, train=t == 0)
-        pred = upsample(refined, (hg, wg))[0].argmax(0).flatten()
+        pred = channel_argmax(upsample(refined, (hg, wg))[0]).flatten()
         if t == 0:
             pred = self.grid_gt.flatten()
 
@@ -618,9 +619,9 @@ class _Session:
         self.indicator = vmf.Indicator(gate, self.mixtures.mu_pe_unit)
 
         # 8. Output: CRF #2 at half the frame size, bilinear x2, argmax.
-        unary = one_hot_map(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0].argmax(0), num_objects)
+        unary = one_hot_map(channel_argmax(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0]), num_objects)
         refined = self.refine(1, unary, image, train=t == 0)
-        final = upsample(refined, self.geometry.frame)[0].argmax(0)
+        final = channel_argmax(upsample(refined, self.geometry.frame)[0])
         if t == 0:
             return self.first_output
         self.prev_final = final
