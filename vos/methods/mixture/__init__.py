@@ -48,52 +48,59 @@ Random draws come from a generator seeded with ``seed`` in the release's order (
 parameters, first centres, CRF training noise); results depend slightly on the seed, as in the release.
 
 Profile (``python -m vos bench profile mixture:VARIANT --size 480 --frames 3``: random weights, Carphone at 480x854,
-fp32, the 2-core AMD EPYC development VM with nothing else running, fp32 GEMM rate 186-200 GFLOP/s; "limit" =
-counted FLOPs / that rate). xcit, frame 0 (the release's settings: 480 rows, 100 CRF training steps each):
+fp32, the 2-core AMD EPYC development VM with nothing else running, fp32 GEMM rate 195 GFLOP/s; "limit" = counted
+FLOPs / that rate). xcit, frame 0 (the release's settings: 480 rows, 100 CRF training steps each):
 
   region                   s      GFLOP    limit s
-  features (XCiT)          2.2     289      1.5
-  EM (both frame-0 fits)  21.8    1798      9.4
+  features (XCiT)          2.4     289      1.5
+  EM (both frame-0 fits)  21.8    1798      9.2
   scoring                  0.6      64      0.3
-  CRF training (2 x 100)  41.4     138      0.7
-  other                    0.6       5       -
-  total                   66.5    2294     11.9
+  CRF training (2 x 100)  23.3       -       -      (fused numba kernels: torch's FLOP counter does not see them)
+  other                    0.3       5       -
+  total                   48.5    2156     11.1
 
-then 3.85 s per later frame (features 2.0, EM 0.8, scoring 0.7, CRF 0.2; limit 2.4 s). The code before, profiled in
-the same hour: frame 0 in 84.9 s (EM 33.4 s for 3311 GFLOP, CRF training 47.8 s), later frames 4.13 s; the issue's
-profile of the code before that (on a machine with a 252 GFLOP/s GEMM rate) had frame 0 at 354 s with 87% in the CRF
-training. Label maps are identical, bit for bit, to those of the code before on Carphone (6 frames, 480x586) and the
-bundled example (6 frames), xcit and rgb, seed 123. What made the difference, all exact:
+then 3.50 s per later frame (features 2.03, EM 0.81, scoring 0.50, CRF 0.06, other 0.10; limit 2.35 s). The same
+command on the code of two sessions before, in its hour: frame 0 in 84.9 s (EM 33.4 s for 3311 GFLOP, CRF training
+47.8 s), later frames 4.13 s; the issue's profile of the code before that (on a machine with a 252 GFLOP/s GEMM
+rate) had frame 0 at 354 s with 87% in the CRF training. What made the difference:
 
-- the products of EM and scoring skip the masked component slots. The schedule K_s grows from 2 (objects) or 56
-  (background) to K_max, so about half of the padded (S, K_max) slots are masked; their log-joints are about -1e6,
-  their posteriors exactly 0, and max(0, .) makes their scores 0, so the products that fed them changed nothing;
-- torch.exp takes a slow path (~10-35x) for every vector holding an input below -87.3 (a zero or subnormal result),
-  and ~98% of the E-step's inputs are there: those below -104 (result exactly 0) are set to 0 before the exp;
-- the PAC-CRF gathers neighbours as shifted views with a hand-written backward (``crf.py``), not unfold/col2im.
+- exact, the label maps identical bit for bit to those of the code before on Carphone (6 frames, 480x586) and the
+  bundled example (6 frames), xcit and rgb, seed 123:
+  - the products of EM and scoring skip the masked component slots. The schedule K_s grows from 2 (objects) or 56
+    (background) to K_max, so about half of the padded (S, K_max) slots are masked; their log-joints are about -1e6,
+    their posteriors exactly 0, and max(0, .) makes their scores 0, so the products that fed them changed nothing;
+  - torch.exp takes a slow path (~10-35x) for every vector holding an input below -87.3 (a zero or subnormal
+    result), and ~98% of the E-step's inputs are there: those below -104 (result exactly 0) are set to 0 first;
+  - the argmax over the object channels is one pass per channel (``vos.nn_utils.channel_argmax``): torch's
+    argmax over a short leading dimension took ~90 ms of every frame;
+  - the PAC-CRF gathers neighbours as shifted views with a hand-written backward (``crf.py``), not unfold/col2im;
+- the CRF's kernels and messages on CPU as fused numba kernels (``fused.py``, option ``fused_crf``, on by default
+  on CPU): each is one pass over memory instead of dozens of torch passes. The arithmetic is the same, the float
+  summation order is not, so the CRF's logits move in their last bits: the masks did not. ``python -m vos bench
+  agreement --methods mixture:xcit,mixture:rgb --candidate mixture.fused_crf=false --frames 6 --size 480``
+  (Carphone at 480x586, random weights; the candidate is torch's reference path): mean IoU 1.0000 for xcit and rgb,
+  the default 1.43x and 1.32x faster over the 6 frames; on the bundled example (6 frames, xcit and rgb) the maps
+  were identical as well. Every sum in these kernels runs in an order that does not depend on the thread count.
+  numba compiles them once (~12 s on first use, then cached on disk); without numba the reference path runs, with
+  a warning. The fused path also lowers the peak: xcit at 480p in the stored sweep 1,767 MiB against 2,550.
 
 What is left at the defaults: EM runs its products at the GEMM rate but makes ~12 passes over every (point,
 component) pair besides; the CRF training is memory traffic (hundreds of passes over the 240x427 frame per step) with
-few FLOPs, so no GEMM rate bounds it. The rgb variant at its defaults (240 rows, 25 CRF steps): frame 0 in 8.3 s
-(EM 4.3 s, CRF training 3.8 s), then 0.30 s per frame; with both options below, frame 0 in 5.6 s.
+few FLOPs, so no GEMM rate bounds it; XCiT's GEMMs run at the machine's rate and its elementwise passes (GELU, the
+bias copies of addmm, the cross-covariance attention's norms over a strided dimension) are the other 0.5 s. The rgb
+variant at its defaults (240 rows, 25 CRF steps): frame 0 in 5.3 s (EM 3.6 s, CRF training 1.6 s), then 0.22 s per
+frame.
 
-Two options, both off, trade the last bits for speed (the arithmetic is the same, the float summation order is not):
+One option, off, trades the last bits for speed on frame 0:
 
-- ``fused_crf``: on CPU the CRF's messages run as fused numba kernels (``fused.py``: one pass over memory per
-  message instead of 25 shifted products and a GEMM). xcit frame 0 at 480x854 in 58.1 s, CRF training 28.5 s (in a
-  slower phase of the VM: GEMM rate 166 GFLOP/s). The masks were identical to the default's on Carphone and the
-  bundled example (6 frames each, xcit and rgb): the CRF's logits move in the last bits and its argmax did not.
-  numba compiles the kernels on first use (~10 s, then cached on disk).
 - ``fast_em``: frame 0's EM over the active slots only, its passes too (each mixture's softmax on its own rows):
-  EM 1.6x faster. With both, xcit frame 0 takes 40.8 s (EM 13.5 s, CRF training 23.8 s). But this method amplifies
-  rounding: EM runs to a relative tolerance over dozens of iterations with concentrations in the thousands, so
-  last-bit differences move the fitted components (the default's own results do not depend on the thread count).
-
-Measured with ``python -m vos bench agreement --methods mixture:xcit,mixture:rgb --candidate mixture.NAME=true
---frames 6 --size 480`` (Carphone at 480x586, random weights, mean IoU against the default's masks): fused_crf
-1.0000 for xcit and rgb (the 6-frame runs 1.48x and 1.22x faster); fast_em with fused_crf xcit 0.9920, rgb 0.9977,
-and on the bundled example (6 frames) xcit 0.9919, rgb 0.9990. Later frames do not change (their EM has the
-indicator and runs dense). torch's FLOP counter does not see the fused kernels.
+  EM 1.6x faster. But this method amplifies rounding: EM runs to a relative tolerance over dozens of iterations
+  with concentrations in the thousands, so last-bit differences move the fitted components (the default's own
+  results do not depend on the thread count). ``python -m vos bench agreement --methods mixture:xcit,mixture:rgb
+  --candidate mixture.fast_em=true --frames 6 --size 480``: mean IoU xcit 0.9920, rgb 0.9977 against the default
+  (the 6-frame runs 1.22x and 1.47x faster), and on the bundled example xcit 0.9919, rgb 0.9990 (against torch's CRF
+  path, whose maps are the default's there): below 0.999, hence an option. Later frames do not change (their EM has
+  the indicator and runs dense).
 
 Reduced precision: ``dtype=bf16`` runs the feature networks under autocast; the position code, scoring, EM and
 CRF stay fp32. It does not pay here: on real footage (``python -m vos bench agreement --methods mixture --frames 10
@@ -270,7 +277,7 @@ INFO = MethodInfo(
             bool,
             True,
             "On CPU, the CRF's kernels and messages as fused numba kernels (compiled on first use, then cached): "
-            "frame 0's CRF training ~1.7x faster. The same arithmetic in another float summation order, so not the "
+            "frame 0's CRF training ~1.8x faster. The same arithmetic in another float summation order, so not the "
             "same bits; the masks were identical on the footage measured (see the docstring). false: torch's "
             "reference path. Without numba the reference path runs, with a warning.",
         ),
