@@ -790,3 +790,6 @@ def test_numba_is_imported_only_when_the_fused_crf_runs(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         method = vm.create("mixture", variant="rgb", device="cpu")
     assert not method.fused_crf and "pip install numba" in caplog.text
+    data = moving_shapes(3, (48, 64), 1, seed=0)
+    maps = list(method.segment(Clip.from_frames(data.frames), data.masks[0]))  # torch's CRF path
+    assert len(maps) == 3 and (maps[-1] == 1).any()
