@@ -138,6 +138,28 @@ def test_mstep_clamps_kappa_and_replaces_invalid_ones():
     torch.testing.assert_close(mu[0, 1, 1], directions[0, 1, 1])  # the other components keep their own
 
 
+def test_estep_with_the_indicator_gives_the_plain_statements_bits():
+    hg, wg, nf = 17, 23, 20
+    rho = vmf.position_code(hg, wg)
+    mixtures = _random_mixtures(rho, nf=nf, k_max=12)
+    gen = torch.Generator().manual_seed(3)
+    frame = torch.nn.functional.normalize(torch.cat([torch.randn(hg * wg, nf, generator=gen) * 3, 2.5 * rho], 1), 1)
+    points = vmf.Points.from_masks(torch.rand(3, hg * wg, generator=gen) > torch.tensor([[0.2], [0.6], [0.9]]))
+    gate = torch.rand(3, hg * wg, generator=gen) > 0.3
+    stored = mixtures.mu_pe_unit
+    thresholds, pe = vmf.indicator_thresholds(mixtures.mu.shape[1]), vmf.unit(rho)
+    ours = vmf._estep(
+        mixtures, frame, points.index, points.valid, 10_000, pe_only=False, with_ll=False,
+        indicator=vmf.Indicator(gate, stored), pe_unit=pe, thresholds=thresholds,
+    )  # fmt: skip
+    reference = _dense_estep_reference(
+        mixtures, frame, points.index, points.valid, pe_only=False, indicator=(gate, stored, thresholds, pe)
+    )
+    assert torch.equal(ours[0].flatten(1, 2), reference[0]) and torch.equal(ours[1].flatten(1), reference[1])
+    near = pe @ stored.reshape(-1, pe.shape[1]).t() > thresholds.repeat_interleave(12).repeat(3)
+    assert 0.05 < float(near.float().mean()) < 0.95  # the indicator is on for some slots, off for others
+
+
 def test_estep_multiplies_log_joints_by_the_indicator():
     """The release multiplies each log-joint by the stored 0/1 indicator: a component that is off gets logit 0 (not
     -inf), and so does a masked slot; with everything off the posterior is uniform over all K_max slots."""
@@ -704,9 +726,11 @@ def test_exp_helper_is_torch_exp_bit_for_bit():
     assert torch.equal(vmf._exp_(x.clone()), torch.exp(x))
 
 
-def _dense_estep_reference(params, frame, index, valid, *, pe_only):
-    """The E-step over every (S, K_max) slot as one padded product, without an indicator: what _estep computed
-    before it skipped the masked slots' products (log-likelihood path: exp of log-joints minus their maximum)."""
+def _dense_estep_reference(params, frame, index, valid, *, pe_only, indicator=None):
+    """The E-step over every (S, K_max) slot as one padded product: what _estep computed before it skipped the
+    masked slots' products (log-likelihood path: exp of log-joints minus their maximum). ``indicator`` = (gate (n, N),
+    stored position units (n, S, K, p), thresholds (S,), the cells' position units (N, p)): the later frames'
+    E-step, softmax of the log-joints times the 0/1 indicator, without a log-likelihood."""
     n, num_models, k_max, dim = params.mu.shape
     nf, sk = params.n_features, num_models * k_max
     x = frame[index]
@@ -717,6 +741,13 @@ def _dense_estep_reference(params, frame, index, valid, *, pe_only):
         mu_t = params.mu.reshape(n, sk, dim).transpose(1, 2)
         logpcs = torch.bmm(x, mu_t).mul_(params.kappa.reshape(n, 1, sk)).add_(params.log_c.reshape(n, 1, sk))
     jll = logpcs.add_(params.logalpha.reshape(n, 1, sk)).view(n, -1, num_models, k_max)
+    if indicator is not None:
+        gate, stored, thresholds, pe_unit = indicator
+        stored_t = stored.reshape(n, sk, -1).transpose(1, 2)
+        near = torch.bmm(pe_unit[index], stored_t) > thresholds.repeat_interleave(k_max)
+        on = (near & gate.gather(1, index)[..., None]).view_as(jll).float()
+        q = (jll * on).softmax(-1).view(n, -1, sk) * valid[..., None]
+        return torch.bmm(q.transpose(1, 2), x), q.sum(1), None
     top = jll.amax(-1, keepdim=True)
     q = (jll - top).exp_()
     total = q.sum(-1, keepdim=True)
