@@ -226,9 +226,10 @@ class BenchmarkPage:
             self.log_scale = gr.Checkbox(value=True, label="Logarithmic axes", scale=1)
         self.details = gr.HTML(details)
         # One chart per row: their subtitles name the hardware and settings and need the width.
-        self.memory_plot = gr.Plot(memory, label="Peak memory vs resolution", show_label=False)
-        self.fps_plot = gr.Plot(fps, label="Speed vs resolution", show_label=False)
-        self.accuracy_plot = gr.Plot(accuracy, label="Accuracy vs speed", show_label=False)
+        charts = {"show_label": False, "elem_classes": "vos-chart"}
+        self.memory_plot = gr.Plot(memory, label="Peak memory vs resolution", **charts)
+        self.fps_plot = gr.Plot(fps, label="Speed vs resolution", **charts)
+        self.accuracy_plot = gr.Plot(accuracy, label="Accuracy vs speed", **charts)
         self.table = gr.Dataframe(table, label="Every point", interactive=False, wrap=True)
         with gr.Accordion("Measure on this machine", open=False):
             gr.Markdown(
@@ -319,4 +320,7 @@ CSS = """
 .vos-bench-details { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; font-size: 0.85rem;
   margin: 0 0 8px; overflow-wrap: anywhere; }
 .vos-bench-details > span:nth-child(odd) { font-weight: 600; color: var(--body-text-color-subdued); }
+/* A phone holds one legend entry a row, so a chart's legend would cover its plot: there a tap on a line names it
+   and the table below lists every point. */
+@media (max-width: 720px) { .vos-chart g.legend { display: none; } }
 """

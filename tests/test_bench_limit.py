@@ -160,6 +160,9 @@ def test_speed_chart_draws_the_compute_limit_where_the_data_has_it():
     assert lines["m · a: compute limit"].line.dash == "dash"
     assert lines["m · a"].line.color == lines["m · a · bf16"].line.color  # one method, one colour
     assert lines["m · a · bf16"].marker.symbol == "diamond"
+    # A limit line is no legend entry of its own: it shows and hides with its series (the subtitle explains dashes).
+    assert lines["m · a: compute limit"].showlegend is False
+    assert lines["m · a: compute limit"].legendgroup == lines["m · a"].legendgroup == "m · a"
     title = fig.layout.title.text.replace("<br><sup>", " ").replace("</sup>", "")
     assert "compute limit" in title and "GEMM" in title and "FlopCounterMode" in title
 
@@ -174,6 +177,18 @@ def test_speed_chart_draws_the_compute_limit_where_the_data_has_it():
 def test_stored_sweeps_without_counts_still_chart():
     for _, results in bench.stored_results():
         assert bench.fps_figure(results).data and bench.memory_figure(results).data
+
+
+def test_every_chart_keeps_its_plot_height_whatever_its_title_and_legend():
+    # Without a height the app drew 450-pixel charts, and a long subtitle and legend left the plot a sliver.
+    from vos.bench import charts
+
+    for _, results in bench.stored_results():
+        for fig in (bench.memory_figure(results), bench.fps_figure(results), bench.accuracy_speed_figure(results)):
+            margin = fig.layout.margin
+            assert fig.layout.height - margin.t - margin.b == charts.PLOT_HEIGHT
+            entries = sum(1 for trace in fig.data if trace.showlegend is not False)
+            assert margin.b >= 90 + 26 * -(-entries // charts.LEGEND_PER_ROW)
 
 
 def test_tables_give_the_speed_up_and_the_limit():

@@ -142,20 +142,23 @@ def _layout(fig: go.Figure, title: str) -> None:
 
 
 PNG_WIDTH = 1000
-PNG_PLOT_HEIGHT = 340  # the plot itself; the title above and the legend below get what they need on top
+PLOT_HEIGHT = 340  # the plot itself; the title above and the legend below get what they need on top
 LEGEND_PER_ROW = 4  # legend entries a 1000-pixel row holds
 LEGEND_ENTRY_PX = 200  # four of them beside the legend's title
 
 
-def _fit_png(fig: go.Figure) -> int:
-    """The PNG's height for ``fig``: its title's margin, a fixed plot, and room below for every legend row (a sweep
-    with bf16 series has twice the entries, which a fixed height squeezed into the plot)."""
+def _fit_height(fig: go.Figure, *, equal_entries: bool = True) -> None:
+    """Give ``fig`` a fixed plot height: its title's margin, PLOT_HEIGHT, and room below for every legend row.
+    Without a height the app drew each chart 450 pixels tall, and a long subtitle and legend left the plot a
+    sliver (or nothing, on a phone); a sweep with bf16 series has twice the legend entries."""
     entries = sum(1 for trace in fig.data if trace.showlegend is not False)
     rows = -(-entries // LEGEND_PER_ROW)
     bottom = max(fig.layout.margin.b or 0, 90 + 26 * rows)
-    # Equal entries, so a row holds LEGEND_PER_ROW of them whatever their labels (a fifth one ran off the edge).
-    fig.update_layout(margin={"b": bottom}, legend={"entrywidth": LEGEND_ENTRY_PX, "entrywidthmode": "pixels"})
-    return (fig.layout.margin.t or 0) + PNG_PLOT_HEIGHT + bottom
+    # Equal entries, so a row holds LEGEND_PER_ROW of them whatever their labels (a fifth one ran off the edge);
+    # a legend in groups (one per method) keeps its own widths, or its longest labels are cut.
+    if equal_entries:
+        fig.update_layout(legend={"entrywidth": LEGEND_ENTRY_PX, "entrywidthmode": "pixels"})
+    fig.update_layout(margin={"b": bottom}, height=(fig.layout.margin.t or 0) + PLOT_HEIGHT + bottom)
 
 
 def _hover(point: Point) -> str:
@@ -274,6 +277,7 @@ def memory_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
     fig.update_yaxes(title=title, type="log" if log_y else "linear")
     _resolution_axis(fig, results)
     _layout(fig, _title("Peak memory vs resolution", results))
+    _fit_height(fig)
     return fig
 
 
@@ -334,6 +338,7 @@ def fps_figure(results: dict[str, Any], *, log_y: bool = True) -> go.Figure:
             "FLOPs a frame (torch FlopCounterMode): its fps if all its counted work ran at that rate"
         )
     _layout(fig, _title("Speed vs resolution", results, *notes))
+    _fit_height(fig)
     return fig
 
 
@@ -355,7 +360,8 @@ def _limit_line(fig: go.Figure, name: str, points: Sequence[Point], rates: dict[
         y=[fps for _, fps in limits],
         mode="lines",
         name=f"{name}: compute limit",
-        legendgroup=name,
+        legendgroup=name,  # shown and hidden with its series; the subtitle says what the dashes are
+        showlegend=False,
         line={"color": colour, "dash": "dash", "width": 1.5},
         hovertext=[
             f"<b>{name}</b> {p.resolution}p: compute limit {fps:.3g} fps<br>"
@@ -510,11 +516,12 @@ def accuracy_speed_figure(
     # Room around the markers for their centred labels (a log axis' range is in decades); the papers' labels name
     # the hardware too, so the fastest (rightmost) ones need the most.
     x_range = [math.log10(min(xs)) - 0.4, math.log10(max(xs)) + 0.7] if xs else None
-    y_range = [min(ys) - 1.5, max(ys) + 1.5] if ys else None
+    y_range = [min(ys) - 4, max(ys) + 3] if ys else None  # room for the labels below and above the markers
     fig.update_xaxes(title="frames per second (log)", type="log", range=x_range)
     fig.update_yaxes(title=f"{ACCURACY_METRIC} (DAVIS-style, %)", range=y_range)
     _layout(fig, _with_subtitle("Accuracy vs speed: papers (stars) and this machine (circles)", notes))
     fig.update_layout(legend={"title": "method"}, showlegend=True, margin={"b": 150})
+    _fit_height(fig, equal_entries=False)
     return fig
 
 
@@ -551,7 +558,7 @@ def export_charts(
         if png:
             png_path = out_dir / f"{stem}-{name}.png"
             try:
-                fig.write_image(png_path, width=PNG_WIDTH, height=_fit_png(fig), scale=1)
+                fig.write_image(png_path, width=PNG_WIDTH, height=fig.layout.height, scale=1)
             except Exception as err:  # noqa: BLE001 -- kaleido/Chrome problems vary; the HTML is still there
                 raise BenchError(
                     f"Could not write {png_path.name} ({type(err).__name__}: {err}). PNG export needs kaleido "
