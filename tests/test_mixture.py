@@ -138,14 +138,21 @@ def test_mstep_clamps_kappa_and_replaces_invalid_ones():
     torch.testing.assert_close(mu[0, 1, 1], directions[0, 1, 1])  # the other components keep their own
 
 
-def test_estep_with_the_indicator_gives_the_plain_statements_bits():
+def _estep_case(seed: int):
+    """Random mixtures (3 objects, 4 mixtures, 12 slots, some masked) on a 17 x 23 grid, fit vectors and points of
+    three sizes, and the generator for more draws."""
     hg, wg, nf = 17, 23, 20
     rho = vmf.position_code(hg, wg)
     mixtures = _random_mixtures(rho, nf=nf, k_max=12)
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator().manual_seed(seed)
     frame = torch.nn.functional.normalize(torch.cat([torch.randn(hg * wg, nf, generator=gen) * 3, 2.5 * rho], 1), 1)
     points = vmf.Points.from_masks(torch.rand(3, hg * wg, generator=gen) > torch.tensor([[0.2], [0.6], [0.9]]))
-    gate = torch.rand(3, hg * wg, generator=gen) > 0.3
+    return mixtures, frame, points, rho, gen
+
+
+def test_estep_with_the_indicator_gives_the_plain_statements_bits():
+    mixtures, frame, points, rho, gen = _estep_case(3)
+    gate = torch.rand(3, rho.shape[0], generator=gen) > 0.3
     stored = mixtures.mu_pe_unit
     thresholds, pe = vmf.indicator_thresholds(mixtures.mu.shape[1]), vmf.unit(rho)
     ours = vmf._estep(
@@ -760,12 +767,7 @@ def _dense_estep_reference(params, frame, index, valid, *, pe_only, indicator=No
 def test_estep_over_active_slots_gives_the_dense_products_bits(pe_only):
     """Skipping the masked slots' products changes no bit (the padded product's numbers are the same products), and
     the option that also skips their passes (active_only) changes the sums' order only."""
-    hg, wg, nf = 17, 23, 20
-    rho = vmf.position_code(hg, wg)
-    mixtures = _random_mixtures(rho, nf=nf, k_max=12)
-    gen = torch.Generator().manual_seed(2)
-    frame = torch.nn.functional.normalize(torch.cat([torch.randn(hg * wg, nf, generator=gen) * 3, 2.5 * rho], 1), 1)
-    points = vmf.Points.from_masks(torch.rand(3, hg * wg, generator=gen) > torch.tensor([[0.2], [0.6], [0.9]]))
+    mixtures, frame, points, _, _ = _estep_case(2)
     ours = vmf._estep(
         mixtures, frame, points.index, points.valid, 10_000, pe_only=pe_only, with_ll=True, indicator=None,
         pe_unit=None, thresholds=None,

@@ -29,6 +29,18 @@ WEIGHT_GRAD_BLOCKS = 16
 # scalar (~10x slower).
 
 
+@njit(inline="always", cache=True)
+def _tap(o, y, dilation, height, width):  # pragma: no cover - compiled
+    """Tap o's offset (dy, dx) at ``dilation`` and the columns x0:x1 of row y whose neighbour (y + dy, x + dx) is
+    inside the frame: none (x0 == x1) when its row is outside."""
+    dy = (o // KERNEL - KERNEL // 2) * dilation
+    dx = (o % KERNEL - KERNEL // 2) * dilation
+    x0, x1 = max(0, -dx), min(width, width - dx)
+    if y + dy < 0 or y + dy >= height or x1 < x0:
+        x1 = x0
+    return dy, dx, x0, x1
+
+
 @njit(parallel=True, cache=True)
 def _gather(values, kernel, weight, dilation, kernel_at_source, out):  # pragma: no cover - compiled
     """out[c, p] = sum_{c', o} weight[c, c', o] * K[o, .] * values[c', p + dil * o], values zero outside the frame;
@@ -39,12 +51,10 @@ def _gather(values, kernel, weight, dilation, kernel_at_source, out):  # pragma:
     for y in prange(height):
         acc = np.zeros((outputs, width), dtype=values.dtype)
         for o in range(TAPS):
-            dy = (o // KERNEL - KERNEL // 2) * dilation
-            dx = (o % KERNEL - KERNEL // 2) * dilation
-            yy = y + dy
-            if yy < 0 or yy >= height:
+            dy, dx, x0, x1 = _tap(o, y, dilation, height, width)
+            if x1 == x0:
                 continue
-            x0, x1 = max(0, -dx), min(width, width - dx)
+            yy = y + dy
             k_row = kernel[o, yy, x0 + dx : x1 + dx] if kernel_at_source else kernel[o, y, x0:x1]
             for source in range(channels):
                 v_row = values[source, yy, x0 + dx : x1 + dx]
@@ -69,14 +79,12 @@ def _kernel_and_weight_grads(q, kernel, weight, dilation, grad, grad_kernel, gra
         lanes = np.zeros((outputs, channels, TAPS, width), dtype=q.dtype)
         for y in range(b * height // blocks, (b + 1) * height // blocks):
             for o in range(TAPS):
-                dy = (o // KERNEL - KERNEL // 2) * dilation
-                dx = (o % KERNEL - KERNEL // 2) * dilation
+                dy, dx, x0, x1 = _tap(o, y, dilation, height, width)
                 yy = y + dy
                 gk_row = grad_kernel[o, y]
                 gk_row[:] = 0
-                if yy < 0 or yy >= height:
+                if x1 == x0:
                     continue
-                x0, x1 = max(0, -dx), min(width, width - dx)
                 k_row = kernel[o, y, x0:x1]
                 gk = gk_row[x0:x1]
                 for c in range(outputs):
@@ -102,15 +110,11 @@ def _pac_kernel(image, inverse, dilation, out):  # pragma: no cover - compiled
     colours, height, width = image.shape
     for y in prange(height):
         for o in range(TAPS):
-            dy = (o // KERNEL - KERNEL // 2) * dilation
-            dx = (o % KERNEL - KERNEL // 2) * dilation
+            dy, dx, x0, x1 = _tap(o, y, dilation, height, width)
             yy = y + dy
             row = out[o, y]
             row[:] = 0
-            if yy < 0 or yy >= height:
-                continue
-            x0, x1 = max(0, -dx), min(width, width - dx)
-            if x1 <= x0:
+            if x1 == x0:
                 continue
             position = inverse[0] * np.float32(dy * dy) + inverse[1] * np.float32(dx * dx)
             distance = np.full(x1 - x0, position, dtype=out.dtype)
@@ -135,11 +139,9 @@ def _pac_kernel_grad(image, kernel, grad, dilation, rows_out):  # pragma: no cov
     for y in prange(height):
         lanes = np.zeros((2 + colours, width), dtype=np.float32)
         for o in range(TAPS):
-            dy = (o // KERNEL - KERNEL // 2) * dilation
-            dx = (o % KERNEL - KERNEL // 2) * dilation
+            dy, dx, x0, x1 = _tap(o, y, dilation, height, width)
             yy = y + dy
-            x0, x1 = max(0, -dx), min(width, width - dx)
-            if yy < 0 or yy >= height or x1 <= x0:
+            if x1 == x0:
                 continue
             g_row = grad[o, y, x0:x1]
             k_row = kernel[o, y, x0:x1]
