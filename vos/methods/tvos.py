@@ -40,14 +40,17 @@ command; "limit" = counted FLOPs / that rate):
 At nine references (t >= 10) the affinity is 198 GFLOP, about 2.7 s at the same rate, so a steady frame takes about
 3.8 s (scaled from the mean, not timed alone). The backbone runs at the GEMM rate (oneDNN convolutions); the
 affinity's products have an inner dimension of 256 and run at ~40% of it, which is what a 256-deep product reaches
-with this BLAS (measured alone: 55-65 GFLOP/s a thread against 90 for 2048-deep ones). Before this profile the
-softmax allocated a fresh 59-237 MB buffer per chunk, and the page faults of that fresh memory cost more than the
-softmax: in place, the propagation of one 480p frame at nine references went from 7.4 to 5.4 CPU-seconds (one
-thread, on the machine while it was shared), with bit-identical scores (tests/test_tvos.py keeps the exact
-dense-reference test). ``dtype=bf16`` runs the backbone and the affinity's products in bf16
-(the softmax, prior and label sums stay fp32). On real footage (``python -m vos bench agreement --methods tvos
---frames 10 --size 144``: Carphone 144x176, random weights, the machine to itself) its masks agree with fp32's at
-mean IoU 0.9999, 1.5x faster; the stored sweep has its speed at 120-480p.
+with this BLAS (measured alone: 55-65 GFLOP/s a thread against 90 for 2048-deep ones). No exact rearrangement
+moved it: at nine references (256 x 256 x 57,780 per block, both threads) MKL's product ran at 121 GFLOP/s, with the
+references transposed at 114 (the same bits), one reference frame's columns at a time at 130, MKL's packed product
+at 92, oneDNN's at 130 but with other bits. So issue #20's 2.0 s a frame is out of reach in exact fp32 on this
+machine; ``dtype=bf16`` is the way below it. Before this profile the softmax allocated a fresh 59-237 MB buffer per
+chunk, and the page faults of that fresh memory cost more than the softmax: in place, the propagation of one 480p
+frame at nine references went from 7.4 to 5.4 CPU-seconds (one thread, on the machine while it was shared), with
+bit-identical scores (tests/test_tvos.py keeps the exact dense-reference test). ``dtype=bf16`` runs the backbone and
+the affinity's products in bf16 (the softmax, prior and label sums stay fp32). On real footage (``python -m vos
+bench agreement --methods tvos --frames 10 --size 144``: Carphone 144x176, random weights, the machine to itself)
+its masks agree with fp32's at mean IoU 0.9999, 1.5x faster; the stored sweep has its speed at 120-480p.
 """
 
 from __future__ import annotations
