@@ -726,6 +726,20 @@ def test_fused_kernel_equals_the_plain_kernel_with_its_gradient_and_is_zero_off_
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_the_fused_kernels_are_prepared_before_the_crf_training_says_it_started():
+    from vos.methods.mixture import fused
+
+    fused.warm_up()
+    kernels = (fused._gather, fused._kernel_and_weight_grads, fused._pac_kernel, fused._pac_kernel_grad)
+    assert all(kernel.signatures for kernel in kernels)  # compiled (or loaded from the cache) for fp32
+    data = moving_shapes(2, (48, 64), 1, seed=0)
+    method = vm.create("mixture", variant="rgb", weights="random", device="cpu", crf_iters=2)
+    stages = []
+    list(method.segment(Clip.from_frames(data.frames), data.masks[0], progress=lambda p: stages.append(p.stage)))
+    preparing = [i for i, stage in enumerate(stages) if stage.startswith("preparing the CRF's kernels")]
+    assert len(preparing) == 1 and preparing[0] < stages.index("training CRF 1 of 2")
+
+
 def test_exp_helper_is_torch_exp_bit_for_bit():
     # Across the fast range, the subnormal band (-104..-87) and far below it, where the result is 0.
     x = torch.cat([torch.linspace(-120.0, 20.0, 100_003), torch.tensor([-1e6, -104.0, -103.97, -87.34, -87.0])])

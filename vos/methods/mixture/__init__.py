@@ -81,8 +81,9 @@ rate) had frame 0 at 354 s with 87% in the CRF training. What made the differenc
   (Carphone at 480x586, random weights; the candidate is torch's reference path): mean IoU 1.0000 for xcit and rgb,
   the default 1.43x and 1.32x faster over the 6 frames; on the bundled example (6 frames, xcit and rgb) the maps
   were identical as well. Every sum in these kernels runs in an order that does not depend on the thread count.
-  numba compiles them once (~12 s on first use, then cached on disk); without numba the reference path runs, with
-  a warning. The fused path also lowers the peak: xcit at 480p in the stored sweep 1,767 MiB against 2,550.
+  numba compiles them once (~10-15 s on the first run after installing, shown as the stage "preparing the CRF's
+  kernels"; then cached on disk and loaded in under a second); without numba the reference path runs, with a
+  warning. The fused path also lowers the peak: xcit at 480p in the stored sweep 1,767 MiB against 2,550.
 
 What is left at the defaults: EM runs its products at the GEMM rate but makes ~12 passes over every (point,
 component) pair besides; the CRF training is memory traffic (hundreds of passes over the 240x427 frame per step) with
@@ -657,6 +658,11 @@ class _Session:
         crf = self.crfs[which]
         if train:
             with torch.inference_mode(False), torch.enable_grad():
+                if which == 0 and crf.fused:  # the method sets it on CPU only
+                    from vos.methods.mixture import fused
+
+                    self.report("preparing the CRF's kernels (compiled on the first run after installing)", 0, 1)
+                    fused.warm_up(image.dtype)
                 losses = crf.fit(
                     unary.clone(),
                     image.clone(),

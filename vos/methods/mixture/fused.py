@@ -164,6 +164,17 @@ def _pac_kernel_grad(image, kernel, grad, dilation, rows_out):  # pragma: no cov
             rows_out[y, 2 + c] = -0.5 * np.float64(lanes[2 + c].sum())
 
 
+def warm_up(dtype: torch.dtype = torch.float32) -> None:
+    """Compile (the first time after installing: ~15 s) or load from numba's cache (well under a second) every
+    kernel for ``dtype``, by running each once on a tiny frame, so that the caller can say what the wait is."""
+    q = torch.rand(2, 3, 4, dtype=dtype, requires_grad=True)
+    image = torch.rand(3, 3, 4, dtype=dtype) * 255
+    inverse = torch.full((5,), 1e-3, dtype=dtype, requires_grad=True)
+    weight = torch.rand(2, 2, TAPS, dtype=dtype, requires_grad=True)
+    kernel = FusedPacKernel.apply(image, inverse, 1)
+    FusedPacMessage.apply(q, kernel, weight, 1).sum().backward()
+
+
 def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
 
