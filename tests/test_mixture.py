@@ -6,6 +6,7 @@ xcit variant end to end with random weights."""
 from __future__ import annotations
 
 import math
+import os
 from types import SimpleNamespace
 
 import cv2
@@ -738,6 +739,31 @@ def test_the_fused_kernels_are_prepared_before_the_crf_training_says_it_started(
     list(method.segment(Clip.from_frames(data.frames), data.masks[0], progress=lambda p: stages.append(p.stage)))
     preparing = [i for i, stage in enumerate(stages) if stage.startswith("preparing the CRF's kernels")]
     assert len(preparing) == 1 and preparing[0] < stages.index("training CRF 1 of 2")
+
+
+def test_fused_kernels_survive_concurrent_runs_on_numbas_workqueue_layer():
+    # The app runs methods in worker threads; numba's fallback layer aborts the process on concurrent launches.
+    import subprocess
+    import sys
+
+    code = """
+import threading, torch
+from vos.methods.mixture.fused import FusedPacKernel, FusedPacMessage
+def work():
+    for _ in range(20):
+        q = torch.rand(2, 30, 40, requires_grad=True)
+        weight = torch.rand(2, 2, 25, requires_grad=True)
+        kernel = FusedPacKernel.apply(torch.rand(3, 30, 40) * 255, torch.full((5,), 1e-3, requires_grad=True), 4)
+        FusedPacMessage.apply(q, kernel, weight, 4).sum().backward()
+threads = [threading.Thread(target=work) for _ in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+import numba
+assert numba.threading_layer() == "workqueue"
+"""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_exp_helper_is_torch_exp_bit_for_bit():

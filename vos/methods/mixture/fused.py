@@ -15,6 +15,8 @@ numba compiles the kernels on first use (~12 s, cached on disk next to this file
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from numba import njit, prange
@@ -175,6 +177,17 @@ def warm_up(dtype: torch.dtype = torch.float32) -> None:
     FusedPacMessage.apply(q, kernel, weight, 1).sum().backward()
 
 
+# numba's fallback threading layer (workqueue, where no OpenMP or TBB runtime loads) aborts the whole process when
+# two threads launch parallel kernels at once, as two runs in the app's worker threads would: one launch at a time.
+# Each launch already uses every core, so a second run waiting costs it little.
+_LAUNCH = threading.Lock()
+
+
+def _launch(kernel, *args) -> None:
+    with _LAUNCH:
+        kernel(*args)
+
+
 def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
 
@@ -186,7 +199,7 @@ class FusedPacKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image: torch.Tensor, inverse: torch.Tensor, dilation: int) -> torch.Tensor:
         out = image.new_empty(TAPS, *image.shape[1:])
-        _pac_kernel(_array(image), _array(inverse), dilation, out.numpy())
+        _launch(_pac_kernel, _array(image), _array(inverse), dilation, out.numpy())
         ctx.save_for_backward(image, out)
         ctx.dilation = dilation
         return out
@@ -195,7 +208,7 @@ class FusedPacKernel(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         image, kernel = ctx.saved_tensors
         rows = np.zeros((image.shape[1], 2 + image.shape[0]), dtype=np.float64)
-        _pac_kernel_grad(_array(image), _array(kernel), _array(grad), ctx.dilation, rows)
+        _launch(_pac_kernel_grad, _array(image), _array(kernel), _array(grad), ctx.dilation, rows)
         return None, torch.from_numpy(rows.sum(0)).to(kernel.dtype), None
 
 
@@ -206,7 +219,7 @@ class FusedPacMessage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
         out = q.new_empty(weight.shape[0], *q.shape[1:])
-        _gather(_array(q), _array(kernel), _array(weight), dilation, False, out.numpy())
+        _launch(_gather, _array(q), _array(kernel), _array(weight), dilation, False, out.numpy())
         ctx.save_for_backward(q, kernel, weight)
         ctx.dilation = dilation
         return out
@@ -219,7 +232,8 @@ class FusedPacMessage(torch.autograd.Function):
         blocks = max(1, min(WEIGHT_GRAD_BLOCKS, q.shape[1]))
         parts = q.new_empty(blocks, *weight.shape)
         q_, kernel_, grad_ = _array(q), _array(kernel), _array(grad)
-        _kernel_and_weight_grads(q_, kernel_, _array(weight), ctx.dilation, grad_, grad_kernel.numpy(), parts.numpy())
+        weight_ = _array(weight)
+        _launch(_kernel_and_weight_grads, q_, kernel_, weight_, ctx.dilation, grad_, grad_kernel.numpy(), parts.numpy())
         # dL/dQ as a gather: the cell q receives from every p = q - dil * o that read it.
-        _gather(grad_, kernel_, _array(weight.transpose(0, 1)), -ctx.dilation, True, grad_q.numpy())
+        _launch(_gather, grad_, kernel_, _array(weight.transpose(0, 1)), -ctx.dilation, True, grad_q.numpy())
         return grad_q, grad_kernel, parts.sum(0), None
