@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vos.bench.charts import export_charts
-from vos.bench.planning import FAILED, NO_WEIGHTS, parse_dtypes, parse_methods, parse_resolutions
+from vos.bench.planning import FAILED, NO_WEIGHTS, parse_dtypes_for, parse_methods, parse_resolutions
 from vos.bench.results import hardware, hardware_slug, load_results, points_of, summary_table
 from vos.bench.sweeping import run_sweep
 
@@ -33,9 +33,7 @@ def command_bench(args) -> int:
 
         weights = check_weights_spec(args.weights)  # a missing path fails now, not once per point
         torch_device = vdevice.pick_device(args.device)
-        dtypes = parse_dtypes(args.dtype)
-        for name in dtypes:
-            vdevice.pick_dtype(name, torch_device)  # fp16 on the CPU fails here, not in every point
+        dtypes = parse_dtypes_for(args.dtype, torch_device)  # before hardware() measures the machine
         device = str(torch_device)
         out = Path(args.out) if args.out else Path(f"bench-{hardware_slug(hardware(device))}.json")
         results = run_sweep(

@@ -117,6 +117,16 @@ def parse_dtypes(text: str | Sequence[str]) -> list[str]:
     return names
 
 
+def parse_dtypes_for(text: str | Sequence[str], device: Any) -> list[str]:
+    """``parse_dtypes``, each checked against the torch ``device``: fp16 on a CPU fails here, before any work."""
+    from vos.device import pick_dtype
+
+    names = parse_dtypes(text)
+    for name in names:
+        pick_dtype(name, device)
+    return names
+
+
 def parse_methods(methods: str | Sequence[str] = "all", options: Sequence[str] = ()) -> list[MethodSpec]:
     """Validated MethodSpecs from "all" (each method's default variant) or "key,key:variant,...".
 

@@ -22,7 +22,7 @@ from vos.bench.planning import (
     STATUS_LABELS,
     Point,
     default_memory_cap_mib,
-    parse_dtypes,
+    parse_dtypes_for,
     plan,
 )
 from vos.bench.results import hardware, write_results
@@ -65,9 +65,7 @@ def sweep(
 
     torch_device = vdevice.pick_device(device)
     device_name = str(torch_device)
-    dtypes = parse_dtypes(dtype)
-    for name in dtypes:
-        vdevice.pick_dtype(name, torch_device)  # fp16 on CPU: fail before any work
+    dtypes = parse_dtypes_for(dtype, torch_device)
     # Only a cap the user gave limits the GPU: the default comes from the host's free RAM.
     gpu_cap = memory_cap_mib if torch_device.type == "cuda" and memory_cap_mib else None
     if memory_cap_mib is None:
