@@ -59,10 +59,11 @@ FLOPs / that rate). xcit, frame 0 (the release's settings: 480 rows, 100 CRF tra
   other                    0.3       5       -
   total                   48.5    2156     11.1
 
-then 3.50 s per later frame (features 2.03, EM 0.81, scoring 0.50, CRF 0.06, other 0.10; limit 2.35 s). The same
-command on the code of two sessions before, in its hour: frame 0 in 84.9 s (EM 33.4 s for 3311 GFLOP, CRF training
-47.8 s), later frames 4.13 s; the issue's profile of the code before that (on a machine with a 252 GFLOP/s GEMM
-rate) had frame 0 at 354 s with 87% in the CRF training. What made the difference:
+then 3.50 s per later frame (features 2.03, EM 0.81, scoring 0.50, CRF 0.06, other 0.10; limit 2.35 s). This VM
+varies by its phase: five runs of the same code over two hours gave 3.50-4.57 s per later frame and 43.9-48.5 s for
+frame 0. The same command on the code of two sessions before, in its hour: frame 0 in 84.9 s (EM 33.4 s for 3311
+GFLOP, CRF training 47.8 s), later frames 4.13 s; the issue's profile of the code before that (on a machine with a
+252 GFLOP/s GEMM rate) had frame 0 at 354 s with 87% in the CRF training. What made the difference:
 
 - exact, the label maps identical bit for bit to those of the code before on Carphone (6 frames, 480x586) and the
   bundled example (6 frames), xcit and rgb, seed 123:
