@@ -179,7 +179,7 @@ def agreement(
     from vos.methods import base as mbase
     from vos.video import Clip
 
-    candidate = dict(candidate or {})
+    candidate = candidate or {}
     torch_device = vdevice.pick_device(device)
     if dtype == "fp32" and not any(candidate.get(spec.key) for spec in specs):
         raise BenchError(

@@ -421,7 +421,7 @@ class MixtureVOS(Method):
         if self.fused_crf and importlib.util.find_spec("numba") is None:
             log.warning(
                 "mixture: numba is not installed, so the CRF trains on torch's reference path (the same masks, about "
-                "1.7x slower on CPU); pip install numba, or pass fused_crf=false to silence this."
+                "1.8x slower on CPU); pip install numba, or pass fused_crf=false to silence this."
             )
             self.fused_crf = False
         cfg = VARIANTS[self.variant]
@@ -590,7 +590,7 @@ class _Session:
         confident = (top[0] - top[1]).abs() > opts["std"]
         raw_labels = channel_argmax(scores)
         image = self.crf_image(frame)
-        unary = one_hot_map(channel_argmax(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0]), num_objects)
+        unary = self.crf_unary(scores)
         refined = self.refine(0, unary, image, train=t == 0)
         pred = channel_argmax(upsample(refined, (hg, wg))[0]).flatten()
         if t == 0:
@@ -628,7 +628,7 @@ class _Session:
         self.indicator = vmf.Indicator(gate, self.mixtures.mu_pe_unit)
 
         # 8. Output: CRF #2 at half the frame size, bilinear x2, argmax.
-        unary = one_hot_map(channel_argmax(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0]), num_objects)
+        unary = self.crf_unary(scores)
         refined = self.refine(1, unary, image, train=t == 0)
         final = channel_argmax(upsample(refined, self.geometry.frame)[0])
         if t == 0:
@@ -645,6 +645,11 @@ class _Session:
             thresholds=self.thresholds if indicator else None,
             chunk=self.chunk,
         )
+
+    def crf_unary(self, scores: torch.Tensor) -> torch.Tensor:
+        """The CRFs' input: the scores (I, cells) bilinearly resized to the CRF size, their argmax one-hot."""
+        hg, wg = self.geometry.grid
+        return one_hot_map(channel_argmax(upsample(scores.view(-1, hg, wg), self.geometry.crf)[0]), self.num_objects)
 
     def crf_image(self, frame: np.ndarray) -> torch.Tensor:
         """The frame at the CRF size, PIL bicubic (the release's), (1, 3, H, W) float 0..255."""

@@ -69,8 +69,8 @@ class PacCrf(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.num_steps = num_steps
-        # fused: the messages on CPU through one-pass numba kernels (vos.methods.mixture.fused); the same
-        # arithmetic in another float summation order.
+        # fused: the kernels and messages on CPU through one-pass numba kernels (vos.methods.mixture.fused); the
+        # same arithmetic in another float summation order.
         self.fused = fused
         g = torch.from_numpy(gaussian_filter())
         compat = (1.0 - torch.eye(num_classes)).view(num_classes, num_classes, 1, 1) * g
